@@ -92,9 +92,7 @@ def resample_to_grid(volume: np.ndarray, resolution_mm: int = 2) -> np.ndarray:
         shape = [1, 1, 1]
         shape[axis] = -1
         weight = weight.reshape(shape)
-        out = np.take(out, lower, axis=axis) * (1 - weight) + np.take(
-            out, lower + 1, axis=axis
-        ) * weight
+        out = np.take(out, lower, axis=axis) * (1 - weight) + np.take(out, lower + 1, axis=axis) * weight
     return out.astype(np.float32)
 
 

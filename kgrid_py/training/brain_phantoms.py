@@ -215,21 +215,15 @@ def _subject_tissue(
         ndimage.map_coordinates(m, points, order=1, mode="constant", cval=0.0)
         for m in (anatomy.gm, anatomy.wm, anatomy.csf)
     )
-    amplitudes = _SEX_BLOB_AMPLITUDE * anatomy.blob_signs * sex + rng.normal(
-        0.0, _BLOB_AMPLITUDE_SD, size=_N_BLOBS
-    )
+    amplitudes = _SEX_BLOB_AMPLITUDE * anatomy.blob_signs * sex + rng.normal(0.0, _BLOB_AMPLITUDE_SD, size=_N_BLOBS)
     modulation = np.ones(GRID_SHAPE)
-    for c, sigma, amplitude in zip(
-        anatomy.blob_centers, anatomy.blob_sigmas, amplitudes, strict=True
-    ):
+    for c, sigma, amplitude in zip(anatomy.blob_centers, anatomy.blob_sigmas, amplitudes, strict=True):
         distance2 = ((points - c.reshape(3, 1, 1, 1)) ** 2).sum(axis=0)
         modulation += amplitude * np.exp(-distance2 / (2 * sigma**2))
     return np.clip(gm * modulation, 0.0, 1.0), wm, csf
 
 
-def _scan(
-    site: Site, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
+def _scan(site: Site, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Image the tissue as the site's scanner would."""
     image = site.mu_gm * gm + site.mu_wm * wm + site.mu_csf * csf
     if site.blur > 0:

@@ -1,0 +1,65 @@
+"""The exceptions kgrid_py raises.
+
+    KgridError
+    ├── InvalidKO          the KO folder or its metadata is malformed
+    │   └── IntegrityError a file does not match the digest its metadata lists
+    ├── NotFound           no KO, version, function or file answers a reference
+    └── InputError         a call's inputs are unusable; ``.errors`` has one entry per field
+
+Each subclasses ``ValueError`` or ``LookupError`` too, so callers that catch the builtins still work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["FieldError", "InputError", "IntegrityError", "InvalidKO", "KgridError", "NotFound"]
+
+
+class KgridError(Exception):
+    """Base of every error kgrid_py raises on purpose."""
+
+
+class InvalidKO(KgridError, ValueError):
+    """Raised when a knowledge object's files or metadata are malformed."""
+
+
+class IntegrityError(InvalidKO):
+    """Raised when a file's bytes do not match the sha256 digest in the metadata."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class NotFound(KgridError, LookupError):
+    """Raised when a reference names no KO, version, function or file that exists."""
+
+    def __init__(self, message: str, available: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.available = available or []
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if self.available:
+            text += f" (available: {', '.join(self.available)})"
+        return text
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem with one input field."""
+
+    field: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"field": self.field, "message": self.message}
+
+
+class InputError(KgridError, ValueError):
+    """Raised when a call's inputs cannot be used; every bad field is reported at once."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))

@@ -1,0 +1,374 @@
+"""Turn caller inputs into graph feeds: types, units, bounds, defaults and warnings.
+
+A :class:`FunctionPlan` is compiled once per function from its declaration. It checks one patient
+(:meth:`FunctionPlan.prepare_one`, the latency path) or a whole table at once
+(:meth:`FunctionPlan.prepare_batch`, vectorised; a bad row gets its own errors and the others
+still run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kgrid_py.errors import FieldError, InputError
+from kgrid_py.metadata import Bounds, FieldSpec, FunctionSpec
+from kgrid_py.units import UnitMismatch, conversion_factor
+
+__all__ = ["BatchFeeds", "FieldPlan", "FunctionPlan", "InputWarning"]
+
+_TENSOR_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "bool": np.bool_}
+
+
+@dataclass(frozen=True)
+class InputWarning:
+    """An input outside the model's intended population: the result is extrapolation."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+class FieldPlan:
+    """How one declared input is checked and fed to the graph."""
+
+    def __init__(self, spec: FieldSpec, graph_dtype: type) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.type
+        self.graph_dtype = graph_dtype
+        self.unit = spec.unit
+        self.declared_units = [(u.unit, u.factor) for u in spec.accepted_units]
+        self.enum_index = {label: float(i) for i, label in enumerate(spec.enum or [])}
+        self.hard = spec.hard_bounds
+        self.population = spec.population_bounds
+        self.default = spec.default
+        self._factors: dict[str, float] = {}
+
+    # -- one value ---------------------------------------------------------------------------
+
+    def factor_for(self, unit: Any) -> float:
+        """The multiplier from ``unit`` into the declared unit; an error if it has none."""
+        if not isinstance(unit, str):
+            raise ValueError(f"unit must be a string, got {type(unit).__name__}")
+        factor = self._factors.get(unit)
+        if factor is None:
+            if self.unit is None:
+                raise ValueError(f"takes no unit, but {unit!r} was given")
+            try:
+                factor = conversion_factor(unit, self.unit, self.declared_units)
+            except UnitMismatch:
+                accepted = [self.unit] + [u for u, _ in self.declared_units]
+                raise ValueError(
+                    f"unit {unit!r} cannot be converted to {self.unit!r} (accepted: {', '.join(accepted)})"
+                ) from None
+            self._factors[unit] = factor
+        return factor
+
+    def coerce(self, value: Any) -> Any:
+        """Check one value and return what the graph gets; ``ValueError`` says what is wrong."""
+        kind = self.kind
+        if kind == "number" or kind == "integer":
+            factor = 1.0
+            if isinstance(value, Mapping):
+                extra = set(value) - {"value", "unit"}
+                if extra or "value" not in value:
+                    raise ValueError('a quantity is {"value": number, "unit": "UCUM unit"}')
+                if "unit" in value:
+                    factor = self.factor_for(value["unit"])
+                value = value["value"]
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                raise ValueError(f"must be a number, got {_describe(value)}")
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError(f"must be a finite number, got {number}")
+            if kind == "integer" and not number.is_integer():
+                raise ValueError(f"must be a whole number, got {value}")
+            number *= factor
+            if self.hard is not None and not self.hard.contains(number):
+                raise ValueError(
+                    f"{_fmt(number)} {self.unit or ''} is impossible here: must be {self.hard.describe()}".replace(
+                        "  ", " "
+                    )
+                )
+            return number
+        if kind == "boolean":
+            if not isinstance(value, bool | np.bool_):
+                raise ValueError(f"must be true or false, got {_describe(value)}")
+            return 1.0 if value else 0.0
+        if kind == "enum":
+            index = self.enum_index.get(value) if isinstance(value, str) else None
+            if index is None:
+                raise ValueError(f"must be one of {', '.join(self.enum_index)}; got {_describe(value)}")
+            return index
+        return self._coerce_tensor(value)
+
+    def _coerce_tensor(self, value: Any) -> np.ndarray:
+        if self.spec.preprocessing == "mni152-volume":
+            from kgrid_py.imaging import prepare_volume
+
+            array = prepare_volume(value)
+        else:
+            try:
+                array = np.asarray(value, dtype=_TENSOR_DTYPES[self.spec.dtype or "float64"])
+            except (TypeError, ValueError):
+                raise ValueError(f"must be a numeric array, got {_describe(value)}") from None
+        shape = tuple(self.spec.shape or ())
+        if array.shape != shape:
+            raise ValueError(f"must have shape {list(shape)}, got {list(array.shape)}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError("contains NaN or infinite values")
+        return array
+
+    def warning_for(self, number: float) -> InputWarning | None:
+        if self.population is None or self.population.contains(number):
+            return None
+        note = f" {self.spec.population_note}" if self.spec.population_note else ""
+        return InputWarning(
+            self.name,
+            f"{_fmt(number)} {self.unit or ''} is outside the intended population "
+            f"({self.population.describe()}); the result is an extrapolation.{note}".replace("  ", " "),
+        )
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class BatchFeeds:
+    """A batch ready to run: feeds for the valid rows, and every row's errors and warnings."""
+
+    feeds: dict[str, np.ndarray]
+    valid: np.ndarray  # bool mask over all rows
+    errors: list[list[FieldError]]
+    warnings: list[list[InputWarning]]
+
+
+class FunctionPlan:
+    """The compiled input contract of one function."""
+
+    def __init__(self, spec: FunctionSpec, graph_dtypes: Mapping[str, type]) -> None:
+        self.spec = spec
+        self.fields = [FieldPlan(f, graph_dtypes[f.graph_name]) for f in spec.inputs]
+        self.by_name = {f.name: f for f in self.fields}
+        self.required = [f.name for f in self.fields if f.spec.required]
+        self.removed = spec.removed_inputs
+        self.constraints = spec.constraints
+
+    # -- one patient ---------------------------------------------------------------------
+
+    def prepare_one(self, inputs: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], list[InputWarning]]:
+        if not isinstance(inputs, Mapping):
+            raise InputError(
+                [FieldError("(body)", f"inputs must be an object of named fields, got {_describe(inputs)}")]
+            )
+        errors: list[FieldError] = []
+        values: dict[str, Any] = {}
+        for name in inputs:
+            if name not in self.by_name:
+                errors.append(self._unknown(name))
+        for plan in self.fields:
+            value = inputs.get(plan.name)
+            if value is None:
+                if plan.spec.required:
+                    errors.append(FieldError(plan.name, "is required"))
+                    continue
+                value = plan.default
+                if value is None:
+                    errors.append(FieldError(plan.name, "has no value and no default"))
+                    continue
+            try:
+                values[plan.name] = plan.coerce(value)
+            except ValueError as exc:
+                errors.append(FieldError(plan.name, str(exc)))
+        if not errors:
+            errors.extend(self._check_constraints_one(inputs, values))
+        if errors:
+            raise InputError(errors)
+        warnings: list[InputWarning] = []
+        feeds: dict[str, np.ndarray] = {}
+        for plan in self.fields:
+            value = values[plan.name]
+            if plan.population is not None:
+                warning = plan.warning_for(value)
+                if warning is not None:
+                    warnings.append(warning)
+            if plan.kind == "tensor":
+                feeds[plan.spec.graph_name] = value[np.newaxis].astype(plan.graph_dtype, copy=False)
+            else:
+                feeds[plan.spec.graph_name] = np.array((value,), dtype=plan.graph_dtype)
+        return feeds, warnings
+
+    def _unknown(self, name: str) -> FieldError:
+        if name in self.removed:
+            return FieldError(name, f"is no longer an input of this function: {self.removed[name]}")
+        return FieldError(name, f"is not an input of this function (inputs: {', '.join(self.by_name)})")
+
+    def _check_constraints_one(self, inputs: Mapping[str, Any], values: Mapping[str, Any]) -> list[FieldError]:
+        errors = []
+        for rule in self.constraints:
+            if all(self._raw(inputs, name) == want for name, want in rule.when.items()):
+                value = values.get(rule.field)
+                if isinstance(value, float) and not rule.bounds.contains(value):
+                    errors.append(FieldError(rule.field, rule.message))
+        return errors
+
+    def _raw(self, inputs: Mapping[str, Any], name: str) -> Any:
+        value = inputs.get(name)
+        return self.by_name[name].default if value is None else value
+
+    # -- a table -------------------------------------------------------------------------
+
+    def prepare_batch(
+        self, columns: Mapping[str, Sequence[Any] | np.ndarray], n_rows: int, units: Mapping[str, str] | None = None
+    ) -> BatchFeeds:
+        units = units or {}
+        unknown = [self._unknown(name) for name in columns if name not in self.by_name]
+        unknown += [
+            FieldError(name, "a unit was given for a column that is not an input")
+            for name in units
+            if name not in self.by_name
+        ]
+        if unknown:
+            raise InputError(unknown)
+        errors: list[list[FieldError]] = [[] for _ in range(n_rows)]
+        warnings: list[list[InputWarning]] = [[] for _ in range(n_rows)]
+        valid = np.ones(n_rows, dtype=bool)
+        arrays: dict[str, np.ndarray] = {}
+        raw_columns: dict[str, np.ndarray] = {}
+        for plan in self.fields:
+            column = columns.get(plan.name)
+            if column is None:
+                if plan.spec.required or plan.default is None:
+                    raise InputError([FieldError(plan.name, "is required (no such column)")])
+                column = [plan.default] * n_rows
+            if len(column) != n_rows:
+                raise InputError([FieldError(plan.name, f"has {len(column)} rows, expected {n_rows}")])
+            unit = units.get(plan.name)
+            try:
+                factor = plan.factor_for(unit) if unit is not None else 1.0
+            except ValueError as exc:
+                raise InputError([FieldError(plan.name, str(exc))]) from None
+            array, bad = self._column(plan, column, factor, unit)
+            for row in np.flatnonzero(bad):
+                valid[row] = False
+                errors[row].append(
+                    bad[row] if isinstance(bad[row], FieldError) else FieldError(plan.name, "is invalid")
+                )
+            arrays[plan.name] = array
+            raw_columns[plan.name] = np.asarray(column, dtype=object) if plan.kind == "enum" else array
+        self._check_constraints_batch(arrays, raw_columns, valid, errors)
+        feeds: dict[str, np.ndarray] = {}
+        for plan in self.fields:
+            array = arrays[plan.name]
+            if plan.population is not None and plan.kind in ("number", "integer"):
+                outside = valid & ~_within(array, plan.population)
+                for row in np.flatnonzero(outside):
+                    warning = plan.warning_for(float(array[row]))
+                    if warning is not None:
+                        warnings[row].append(warning)
+            feeds[plan.spec.graph_name] = np.ascontiguousarray(array[valid], dtype=plan.graph_dtype)
+        return BatchFeeds(feeds, valid, errors, warnings)
+
+    def _column(self, plan: FieldPlan, column: Any, factor: float, unit: str | None) -> tuple[np.ndarray, np.ndarray]:
+        """A column as graph values, with an object array of per-row FieldErrors (or None)."""
+        n = len(column)
+        bad = np.full(n, None, dtype=object)
+        if plan.kind in ("number", "integer"):
+            array = _as_float_array(column)
+            if array is not None:
+                array = array * factor if factor != 1.0 else array.copy()
+                problem = ~np.isfinite(array)
+                if plan.kind == "integer":
+                    problem |= np.isfinite(array) & (array != np.round(array))
+                if plan.hard is not None:
+                    problem |= np.isfinite(array) & ~_within(array, plan.hard)
+                for row in np.flatnonzero(problem):
+                    bad[row] = FieldError(plan.name, _row_message(plan, array[row]))
+                array[problem] = 0.0
+                return array, np.where(problem, bad, None)
+        if plan.kind == "tensor":
+            shape = tuple(plan.spec.shape or ())
+            array = np.zeros((n, *shape), dtype=_TENSOR_DTYPES[plan.spec.dtype or "float64"])
+        else:
+            array = np.zeros(n, dtype=np.float64)
+        for row, value in enumerate(column):
+            if value is None or (isinstance(value, float) and math.isnan(value) and plan.kind != "number"):
+                if plan.default is None:
+                    bad[row] = FieldError(plan.name, "is missing")
+                    continue
+                value = plan.default
+            if unit is not None and not isinstance(value, Mapping):
+                value = {"value": value, "unit": unit}
+            try:
+                array[row] = plan.coerce(value)
+            except ValueError as exc:
+                bad[row] = FieldError(plan.name, str(exc))
+        return array, bad
+
+    def _check_constraints_batch(
+        self,
+        arrays: Mapping[str, np.ndarray],
+        raw: Mapping[str, np.ndarray],
+        valid: np.ndarray,
+        errors: list[list[FieldError]],
+    ) -> None:
+        for rule in self.constraints:
+            applies = valid.copy()
+            for name, want in rule.when.items():
+                plan = self.by_name[name]
+                if plan.kind == "enum":
+                    applies &= raw[name] == want
+                elif plan.kind == "boolean":
+                    applies &= arrays[name] == (1.0 if want else 0.0)
+                else:
+                    applies &= arrays[name] == want
+            broken = applies & ~_within(arrays[rule.field], rule.bounds)
+            for row in np.flatnonzero(broken):
+                valid[row] = False
+                errors[row].append(FieldError(rule.field, rule.message))
+
+
+def _as_float_array(column: Any) -> np.ndarray | None:
+    """The column as float64 if it is purely numeric (None becomes NaN), else None."""
+    if isinstance(column, np.ndarray) and column.dtype.kind in "iuf":
+        return column.astype(np.float64)
+    try:
+        array = np.asarray(column, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if isinstance(column, np.ndarray) and column.dtype.kind == "b":
+        return None
+    if not isinstance(column, np.ndarray) and any(isinstance(v, bool | str) for v in column):
+        return None
+    return array if array.ndim == 1 else None
+
+
+def _row_message(plan: FieldPlan, value: float) -> str:
+    if not np.isfinite(value):
+        return "is missing" if np.isnan(value) else f"must be a finite number, got {value}"
+    if plan.kind == "integer" and value != round(value):
+        return f"must be a whole number, got {value:g}"
+    assert plan.hard is not None
+    return f"{_fmt(value)} {plan.unit or ''} is impossible here: must be {plan.hard.describe()}".replace("  ", " ")
+
+
+def _within(array: np.ndarray, bounds: Bounds) -> np.ndarray:
+    ok = np.ones(array.shape, dtype=bool)
+    if bounds.minimum is not None:
+        ok &= array > bounds.minimum if bounds.exclusive_minimum else array >= bounds.minimum
+    if bounds.maximum is not None:
+        ok &= array < bounds.maximum if bounds.exclusive_maximum else array <= bounds.maximum
+    return ok

@@ -1,0 +1,335 @@
+"""A loaded knowledge object: verified files, ONNX sessions, and functions you can call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from kgrid_py.digest import canonical_json, sha256_bytes, sha256_file
+from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, NotFound
+from kgrid_py.inputs import FunctionPlan, InputWarning
+from kgrid_py.metadata import FunctionSpec, KOMetadata, OutputSpec
+from kgrid_py.runtime import ModelSession, RuntimeSettings, get_session
+from kgrid_py.schema import validate_raw_metadata
+from kgrid_py.vectors import VectorOutcome, load_vectors, run_vectors
+
+__all__ = ["BatchResult", "CallResult", "KnowledgeObject", "Provenance"]
+
+METADATA_FILE = "metadata.json"
+MODEL_SUFFIXES = (".onnx", ".ort")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What computed a result: enough to reproduce it or to audit it later."""
+
+    ko_id: str
+    version: str
+    content_digest: str
+    model_digest: str
+    function: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "id": self.ko_id,
+            "version": self.version,
+            "content_digest": self.content_digest,
+            "model_digest": self.model_digest,
+            "function": self.function,
+        }
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """The answer for one patient: outputs, warnings about the inputs, and provenance."""
+
+    result: dict[str, Any]
+    warning_details: list[InputWarning]
+    provenance: Provenance
+
+    @property
+    def warnings(self) -> list[str]:
+        return [str(w) for w in self.warning_details]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"result": self.result, "warnings": self.warnings, "provenance": self.provenance.as_dict()}
+
+
+@dataclass
+class BatchResult(Mapping[str, np.ndarray]):
+    """Outputs for a table, row for row: a mapping of output columns plus errors and warnings.
+
+    Rows that could not be scored hold NaN (numbers) or None (labels) and have an ``errors`` entry.
+    """
+
+    columns: dict[str, np.ndarray]
+    errors: list[str | None]
+    warnings: list[list[str]]
+    provenance: Provenance
+    field_errors: list[list[Any]] = field(repr=False, default_factory=list)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.columns[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.errors)
+
+    def to_arrow(self) -> Any:
+        import pyarrow as pa
+
+        data: dict[str, Any] = {name: pa.array(col) for name, col in self.columns.items()}
+        data["error"] = pa.array(self.errors, type=pa.string())
+        data["warnings"] = pa.array(self.warnings, type=pa.list_(pa.string()))
+        return pa.table(data)
+
+    def to_pandas(self) -> Any:
+        return self.to_arrow().to_pandas()
+
+
+class _Function:
+    """A declared function bound to its ONNX session and compiled input plan."""
+
+    def __init__(self, spec: FunctionSpec, session: ModelSession, provenance: Provenance) -> None:
+        self.spec = spec
+        self.session = session
+        self.plan = FunctionPlan(spec, session.input_dtypes)
+        self.outputs: list[OutputSpec] = list(spec.outputs)
+        self.output_graph_names = [o.graph_name for o in self.outputs]
+        self.provenance = provenance
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_graph_names, feeds)
+
+
+class KnowledgeObject:
+    """One version of a KO, loaded from a folder and verified; call its functions like code."""
+
+    def __init__(
+        self, path: Path, metadata: KOMetadata, raw: dict[str, Any], settings: RuntimeSettings | None = None
+    ) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.raw_metadata = raw
+        self.content_digest = sha256_bytes(canonical_json(raw))
+        self._functions: dict[str, _Function] = {}
+        digests = {f.path: f.sha256 for f in metadata.files}
+        for spec in metadata.functions:
+            session = get_session(path / spec.model, digests[spec.model], settings)
+            _check_graph(spec, session)
+            provenance = Provenance(
+                metadata.identifier, metadata.version, self.content_digest, digests[spec.model], spec.name
+            )
+            self._functions[spec.name] = _Function(spec, session, provenance)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def from_path(
+        cls, path: str | Path, *, verify_vectors: bool = False, settings: RuntimeSettings | None = None
+    ) -> KnowledgeObject:
+        """Load a KO folder: schema, digests of every listed file, graph names; optionally its vectors."""
+        path = Path(path)
+        raw, metadata = read_metadata(path)
+        verify_files(path, metadata)
+        ko = cls(path, metadata, raw, settings)
+        if verify_vectors:
+            failed = [o for o in ko.test() if not o.passed]
+            if failed:
+                details = "; ".join(f"{o.vector.name}: {o.detail}" for o in failed[:5])
+                raise InvalidKO(f"{ko.ref}: {len(failed)} test vector(s) failed: {details}")
+        return ko
+
+    # -- identity ------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self.metadata.identifier
+
+    @property
+    def version(self) -> str:
+        return self.metadata.version
+
+    @property
+    def status(self) -> str:
+        return self.metadata.status
+
+    @property
+    def ref(self) -> str:
+        return f"{self.id}@{self.version}"
+
+    @property
+    def functions(self) -> list[str]:
+        return list(self._functions)
+
+    def function(self, name: str) -> FunctionSpec:
+        return self._function(name).spec
+
+    def __repr__(self) -> str:
+        return f"<KnowledgeObject {self.ref} ({self.status}) functions={self.functions}>"
+
+    def _function(self, name: str) -> _Function:
+        function = self._functions.get(name)
+        if function is None:
+            raise NotFound(f"{self.ref} has no function {name!r}", available=self.functions)
+        return function
+
+    # -- calling -------------------------------------------------------------------------------
+
+    def call(self, function: str, inputs: Mapping[str, Any]) -> CallResult:
+        """Compute one result. Bad inputs raise :class:`InputError` naming every bad field."""
+        fn = self._function(function)
+        feeds, warnings = fn.plan.prepare_one(inputs)
+        outputs = fn.run(feeds)
+        result = {spec.name: _scalar(spec, array) for spec, array in zip(fn.outputs, outputs, strict=True)}
+        return CallResult(result, warnings, fn.provenance)
+
+    def call_batch(self, function: str, table: Any, *, units: Mapping[str, str] | None = None) -> BatchResult:
+        """Compute a result per row of a dict of columns, a pyarrow Table or a pandas DataFrame.
+
+        One ONNX run covers every valid row. A bad row gets its own error and does not stop
+        the others; the output has the input's rows, in order.
+        """
+        fn = self._function(function)
+        columns, n_rows = _columns_of(table)
+        batch = fn.plan.prepare_batch(columns, n_rows, units)
+        outputs = fn.run(batch.feeds) if batch.valid.any() else [None] * len(fn.outputs)
+        result = {spec.name: _column(spec, array, batch.valid) for spec, array in zip(fn.outputs, outputs, strict=True)}
+        errors = ["; ".join(f"{e.field}: {e.message}" for e in row) or None for row in batch.errors]
+        warnings = [[str(w) for w in row] for row in batch.warnings]
+        return BatchResult(result, errors, warnings, fn.provenance, batch.errors)
+
+    # -- self-test -----------------------------------------------------------------------------
+
+    def test(self) -> list[VectorOutcome]:
+        """Run the KO's own test vectors."""
+        if self.metadata.tests is None:
+            return []
+        return run_vectors(self, load_vectors(self.path / self.metadata.tests))
+
+
+def read_metadata(path: Path) -> tuple[dict[str, Any], KOMetadata]:
+    """Read, schema-check and parse ``metadata.json``; every problem is an :class:`InvalidKO`."""
+    file = path / METADATA_FILE
+    if not path.is_dir():
+        raise NotFound(f"no KO folder at {path}")
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidKO(f"{path}: no {METADATA_FILE}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidKO(f"{file}: not valid JSON: {exc}") from None
+    validate_raw_metadata(raw, str(file))
+    try:
+        metadata = KOMetadata.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'/'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in exc.errors())
+        raise InvalidKO(f"{file}: {problems}") from None
+    return raw, metadata
+
+
+def verify_files(path: Path, metadata: KOMetadata) -> None:
+    """Check every listed file against its digest, and refuse model files nobody listed."""
+    root = path.resolve()
+    for entry in metadata.files:
+        file = (path / entry.path).resolve()
+        if not file.is_relative_to(root):
+            raise IntegrityError(f"{entry.path}: points outside the KO folder", entry.path)
+        if not file.is_file():
+            raise IntegrityError(f"{entry.path}: listed in metadata but missing", entry.path)
+        if sha256_file(file) != entry.sha256:
+            raise IntegrityError(
+                f"{entry.path}: content does not match its sha256 digest (changed or corrupted)", entry.path
+            )
+    listed = {(path / f.path).resolve() for f in metadata.files}
+    for file in sorted(path.rglob("*")):
+        if file.suffix in MODEL_SUFFIXES and file.resolve() not in listed:
+            raise InvalidKO(f"{file.relative_to(path)}: model file not listed in metadata")
+
+
+def _check_graph(spec: FunctionSpec, session: ModelSession) -> None:
+    declared = {f.graph_name for f in spec.inputs}
+    actual = set(session.input_dtypes)
+    if declared != actual:
+        raise InvalidKO(
+            f"function {spec.name!r}: declared inputs {sorted(declared)} do not match the graph "
+            f"inputs of {spec.model} {sorted(actual)}"
+        )
+    missing = [o.graph_name for o in spec.outputs if o.graph_name not in session.output_names]
+    if missing:
+        raise InvalidKO(
+            f"function {spec.name!r}: graph {spec.model} has no output(s) {missing} (it has {session.output_names})"
+        )
+
+
+def _scalar(spec: OutputSpec, array: np.ndarray) -> Any:
+    value = array[0]
+    if spec.type == "enum":
+        return spec.enum[int(value)]  # type: ignore[index]
+    if spec.type == "boolean":
+        return bool(value)
+    if spec.type == "integer":
+        return int(value)
+    if spec.type == "tensor":
+        return value.tolist()
+    return float(value)
+
+
+def _column(spec: OutputSpec, array: np.ndarray | None, valid: np.ndarray) -> np.ndarray:
+    n = len(valid)
+    if spec.type == "number":
+        out = np.full(n, np.nan)
+        if array is not None:
+            out[valid] = array
+        return out
+    if spec.type == "tensor":
+        out = np.full((n, *(spec.shape or ())), np.nan)
+        if array is not None:
+            out[valid] = array
+        return out
+    out = np.full(n, None, dtype=object)
+    if array is not None:
+        if spec.type == "enum":
+            labels = np.asarray(spec.enum, dtype=object)
+            out[valid] = labels[array.astype(np.int64)]
+        elif spec.type == "boolean":
+            out[valid] = array.astype(bool)
+        else:
+            out[valid] = array.astype(np.int64)
+    return out
+
+
+def _columns_of(table: Any) -> tuple[dict[str, Any], int]:
+    """Columns and row count of a dict of columns, a pyarrow Table or a pandas DataFrame."""
+    if hasattr(table, "column_names") and hasattr(table, "to_pydict"):  # pyarrow.Table / RecordBatch
+        columns = {}
+        for name in table.column_names:
+            col = table.column(name)
+            try:
+                columns[name] = col.to_numpy(zero_copy_only=False)
+            except Exception:
+                columns[name] = col.to_pylist()
+        return columns, table.num_rows
+    if hasattr(table, "columns") and hasattr(table, "to_numpy") and hasattr(table, "index"):  # pandas
+        return {str(name): table[name].to_numpy() for name in table.columns}, len(table.index)
+    if isinstance(table, Mapping):
+        lengths = {len(v) for v in table.values()}
+        if len(lengths) > 1:
+            sizes = ", ".join(f"{name}={len(col)}" for name, col in table.items())
+            raise InputError([FieldError("(table)", f"columns differ in length: {sizes}")])
+        return dict(table), lengths.pop() if lengths else 0
+    raise TypeError(
+        f"call_batch takes a dict of columns, a pyarrow Table or a pandas DataFrame, not {type(table).__name__}"
+    )

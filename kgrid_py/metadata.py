@@ -1,0 +1,293 @@
+"""The knowledge-object metadata, as pydantic models.
+
+``metadata.json`` is JSON-LD that KGrid tools can read (the KOIO 2.1 context and its ``dc:`` and
+``koio:`` keys) plus kgrid-py's own fields, which the extra context entry maps into our vocabulary.
+The JSON Schema in ``schemas/ko-metadata.schema.json`` is generated from these models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "KOIO_CONTEXT",
+    "Bounds",
+    "Citation",
+    "Code",
+    "Constraint",
+    "Creator",
+    "FieldSpec",
+    "FileEntry",
+    "FunctionSpec",
+    "KOMetadata",
+    "Lifecycle",
+    "OutputSpec",
+    "Provenance",
+    "UnitConversion",
+]
+
+KOIO_CONTEXT: list[Any] = [
+    "https://kgrid.org/koio/2.1/context",
+    {"@vocab": "https://kgrid-py.org/vocab#", "dc": "http://purl.org/dc/elements/1.1/"},
+]
+
+Lifecycle = Literal["draft", "active", "deprecated", "retired"]
+FieldType = Literal["number", "integer", "boolean", "enum", "tensor"]
+TensorDType = Literal["float32", "float64", "int64", "bool"]
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+ENDPOINT_PATTERN = r"^[a-z][a-z0-9-]*$"
+KO_ID_PATTERN = r"^[a-z][a-z0-9-]*[a-z0-9]$"
+SEMVER_PATTERN = r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class Creator(_Model):
+    name: str
+    affiliation: str | None = None
+    orcid: str | None = None
+
+
+class Citation(_Model):
+    """A publication the KO implements or was validated in."""
+
+    doi: str = Field(pattern=r"^10\.\d{4,9}/\S+$")
+    text: str
+    role: Literal["development", "validation", "refit", "threshold", "other"] = "development"
+
+
+class Code(_Model):
+    """A terminology code for a field, e.g. a LOINC code for a lab input."""
+
+    system: str = Field(description="Code system URI, e.g. http://loinc.org")
+    code: str
+    display: str | None = None
+
+
+class Bounds(_Model):
+    """An interval on a number; either end may be open (exclusive) or absent."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            return False
+        return not (
+            self.maximum is not None and (value >= self.maximum if self.exclusive_maximum else value > self.maximum)
+        )
+
+    def describe(self) -> str:
+        lo = "" if self.minimum is None else f"{'>' if self.exclusive_minimum else '>='} {self.minimum:g}"
+        hi = "" if self.maximum is None else f"{'<' if self.exclusive_maximum else '<='} {self.maximum:g}"
+        return " and ".join(part for part in (lo, hi) if part) or "any value"
+
+
+class UnitConversion(_Model):
+    """A unit a field also accepts, with the factor that brings a value into the field's unit.
+
+    Affine-free by design: every clinical unit we accept converts by multiplication. Give the
+    conventional factor the source papers use (creatinine umol/L -> mg/dL is 1/88.4), so results
+    match the published calculators exactly.
+    """
+
+    unit: str
+    factor: float = Field(gt=0)
+
+
+class FieldSpec(_Model):
+    """One input of a function."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: FieldType
+    description: str
+    unit: str | None = Field(default=None, description="UCUM unit of the value the model expects")
+    accepted_units: list[UnitConversion] = Field(default_factory=list)
+    required: bool = True
+    default: Any = None
+    enum: list[str] | None = None
+    shape: list[int] | None = Field(default=None, description="Per-item shape of a tensor")
+    dtype: TensorDType | None = None
+    preprocessing: Literal["mni152-volume"] | None = Field(
+        default=None,
+        description="A library transform applied to a tensor input first (e.g. NIfTI to grid)",
+    )
+    hard_bounds: Bounds | None = Field(default=None, description="Outside these: an error")
+    population_bounds: Bounds | None = Field(
+        default=None, description="Outside these: a warning (outside the intended population)"
+    )
+    population_note: str | None = Field(
+        default=None, description="Why values outside population_bounds are extrapolation"
+    )
+    codes: list[Code] = Field(default_factory=list)
+    graph_input: str | None = Field(
+        default=None, description="ONNX graph input fed by this field (defaults to its name)"
+    )
+
+    @model_validator(mode="after")
+    def _check_type_details(self) -> FieldSpec:
+        if self.type == "enum" and not self.enum:
+            raise ValueError(f"enum field {self.name!r} needs a non-empty 'enum' list")
+        if self.type != "enum" and self.enum is not None:
+            raise ValueError(f"only enum fields take 'enum' (field {self.name!r})")
+        if self.type == "tensor" and (self.shape is None or self.dtype is None):
+            raise ValueError(f"tensor field {self.name!r} needs 'shape' and 'dtype'")
+        if self.required and self.default is not None:
+            raise ValueError(f"field {self.name!r} is required, so it cannot have a default")
+        if self.accepted_units and not self.unit:
+            raise ValueError(f"field {self.name!r} lists accepted_units but has no unit")
+        return self
+
+    @property
+    def graph_name(self) -> str:
+        return self.graph_input or self.name
+
+
+class OutputSpec(_Model):
+    """One output of a function."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: Literal["number", "integer", "boolean", "enum", "tensor"]
+    description: str
+    unit: str | None = None
+    enum: list[str] | None = Field(default=None, description="Labels for an integer graph output (index -> label)")
+    shape: list[int] | None = None
+    graph_output: str | None = None
+
+    @model_validator(mode="after")
+    def _check_enum(self) -> OutputSpec:
+        if (self.type == "enum") != (self.enum is not None):
+            raise ValueError(f"output {self.name!r}: 'enum' goes with type 'enum' only")
+        return self
+
+    @property
+    def graph_name(self) -> str:
+        return self.graph_output or self.name
+
+
+class Constraint(_Model):
+    """A rule across fields: when ``when`` matches, ``field`` must lie within ``bounds``."""
+
+    when: dict[str, str | bool | float]
+    field: str
+    bounds: Bounds
+    message: str
+
+
+class FunctionSpec(_Model):
+    """One callable endpoint of the KO: inputs, outputs and the ONNX model that computes them."""
+
+    name: str = Field(pattern=ENDPOINT_PATTERN)
+    title: str
+    description: str
+    model: str = Field(description="Path of the ONNX file, relative to the KO folder")
+    inputs: list[FieldSpec]
+    outputs: list[OutputSpec]
+    constraints: list[Constraint] = Field(default_factory=list)
+    removed_inputs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Inputs earlier versions took, with why they are gone (sending one is an error)",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FunctionSpec:
+        for kind, names in (("input", [f.name for f in self.inputs]), ("output", [o.name for o in self.outputs])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"function {self.name!r} has duplicate {kind} names: {dupes}")
+        known = {f.name for f in self.inputs}
+        for rule in self.constraints:
+            for name in [rule.field, *rule.when]:
+                if name not in known:
+                    raise ValueError(f"constraint in {self.name!r} names unknown input {name!r}")
+        return self
+
+
+class FileEntry(_Model):
+    """A file of the KO and its sha256 digest, checked on every load."""
+
+    path: str
+    sha256: str = Field(pattern=SHA256_PATTERN)
+    role: Literal["model", "tests", "model-card", "service", "source", "data"]
+
+    @field_validator("path")
+    @classmethod
+    def _relative_inside(cls, path: str) -> str:
+        parts = re.split(r"[\\/]", path)
+        if path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path) or ".." in parts:
+            raise ValueError(f"file path {path!r} must be relative and stay inside the KO")
+        return path
+
+
+class Provenance(_Model):
+    parent_version: str | None = Field(default=None, pattern=SEMVER_PATTERN)
+    built_with: str = Field(description="How the model files were made, e.g. 'kgrid build'")
+    source: str | None = Field(default=None, description="Source folder or module of the build")
+    notes: str | None = None
+
+
+class KOMetadata(_Model):
+    """The whole ``metadata.json`` of one KO version."""
+
+    context: list[Any] = Field(default_factory=lambda: list(KOIO_CONTEXT), alias="@context")
+    jsonld_id: str = Field(alias="@id", description="KO id and version, e.g. kfre/1.0.0")
+    jsonld_type: Literal["koio:KnowledgeObject"] = Field(default="koio:KnowledgeObject", alias="@type")
+    kgrid: Literal["2"] = Field(default="2", alias="koio:kgrid")
+    identifier: str = Field(alias="dc:identifier", pattern=KO_ID_PATTERN)
+    version: str = Field(alias="dc:version", pattern=SEMVER_PATTERN)
+    title: str = Field(alias="dc:title")
+    description: str = Field(alias="dc:description")
+    creators: list[Creator] = Field(alias="koio:contributors", min_length=1)
+    license: str = Field(alias="dc:license")
+    keywords: list[str] = Field(default_factory=list, alias="koio:keywords")
+    status: Lifecycle = "draft"
+    successor: str | None = Field(default=None, description="Reference that replaces a retired KO")
+    citations: list[Citation] = Field(default_factory=list)
+    intended_use: str
+    intended_population: str
+    provenance: Provenance
+    files: list[FileEntry]
+    functions: Annotated[list[FunctionSpec], Field(min_length=1)]
+    tests: str | None = Field(default="tests.json", description="Test-vector file")
+    thresholds: dict[str, Any] = Field(
+        default_factory=dict, description="Named decision thresholds other tools may use"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KOMetadata:
+        expected_id = f"{self.identifier}/{self.version}"
+        if self.jsonld_id != expected_id:
+            raise ValueError(f"@id must be {expected_id!r}, found {self.jsonld_id!r}")
+        names = [f.name for f in self.functions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate function names: {names}")
+        listed = {f.path for f in self.files}
+        if len(listed) != len(self.files):
+            raise ValueError("a file is listed twice in 'files'")
+        for function in self.functions:
+            if function.model not in listed:
+                raise ValueError(f"function {function.name!r} runs {function.model!r}, which 'files' does not list")
+        return self
+
+    def function(self, name: str) -> FunctionSpec:
+        for function in self.functions:
+            if function.name == name:
+                return function
+        from kgrid_py.errors import NotFound
+
+        raise NotFound(
+            f"{self.identifier}@{self.version} has no function {name!r}",
+            available=[f.name for f in self.functions],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

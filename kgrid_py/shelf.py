@@ -1,0 +1,174 @@
+"""Shelves: folders of many KOs and versions, and the references that pick one.
+
+A reference is ``id`` (the highest active version), ``id@RANGE`` with an npm-style semver range
+(``kfre@1``, ``kfre@^1.2``, ``kfre@>=1.0.0 <2``), ``id@X.Y.Z`` (exactly that version), or a path
+to a KO folder. Versions compare as semantic versions, never as strings: 1.10.0 > 1.9.0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import semantic_version
+
+from kgrid_py.errors import KgridError, NotFound
+from kgrid_py.ko import METADATA_FILE, KnowledgeObject
+from kgrid_py.metadata import KO_ID_PATTERN
+
+__all__ = ["DEFAULT_SHELF", "Reference", "Shelf", "ShelfEntry", "default_shelf_path", "load"]
+
+DEFAULT_SHELF = "knowledge_objects"
+SERVABLE = ("active", "deprecated")
+
+
+def default_shelf_path() -> Path:
+    """``KGRID_SHELF`` if set, else ``./knowledge_objects``."""
+    return Path(os.environ.get("KGRID_SHELF", DEFAULT_SHELF))
+
+
+class InvalidReference(KgridError, ValueError):
+    """Raised when a KO reference cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed ``id[@version-or-range]``."""
+
+    ko_id: str
+    spec: str | None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        import re
+
+        ko_id, _, spec = text.partition("@")
+        if not re.match(KO_ID_PATTERN, ko_id):
+            raise InvalidReference(f"invalid KO reference {text!r}: expected id, id@version or id@range")
+        spec = spec.strip() or None
+        if spec is not None:
+            try:
+                semantic_version.NpmSpec(spec)
+            except ValueError:
+                raise InvalidReference(f"invalid version or range {spec!r} in {text!r}") from None
+        return cls(ko_id, spec)
+
+    @property
+    def is_exact(self) -> bool:
+        if self.spec is None:
+            return False
+        try:
+            semantic_version.Version(self.spec)
+        except ValueError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class ShelfEntry:
+    """What a shelf knows about one KO version without loading it."""
+
+    ko_id: str
+    version: str
+    status: str
+    path: Path
+    successor: str | None = None
+
+    @property
+    def semver(self) -> semantic_version.Version:
+        return semantic_version.Version(self.version)
+
+
+@dataclass(frozen=True)
+class BrokenEntry:
+    """A folder on the shelf whose metadata cannot even be read."""
+
+    path: Path
+    reason: str
+
+
+class Shelf:
+    """A folder of KOs: ``<id>/<version>/metadata.json`` (or any folder holding metadata.json)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def scan(self) -> tuple[list[ShelfEntry], list[BrokenEntry]]:
+        """Every KO version on the shelf, sorted by id then semantic version, and the broken ones."""
+        if not self.root.is_dir():
+            raise NotFound(f"no shelf at {self.root}")
+        entries: list[ShelfEntry] = []
+        broken: list[BrokenEntry] = []
+        for file in sorted(self.root.rglob(METADATA_FILE)):
+            if any(part.startswith((".", "_")) for part in file.relative_to(self.root).parts[:-1]):
+                continue
+            try:
+                raw = json.loads(file.read_text(encoding="utf-8"))
+                entry = ShelfEntry(
+                    raw["dc:identifier"],
+                    raw["dc:version"],
+                    raw.get("status", "draft"),
+                    file.parent,
+                    raw.get("successor"),
+                )
+                entry.semver  # noqa: B018 - validates the version string
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                broken.append(BrokenEntry(file.parent, f"unreadable metadata: {exc}"))
+                continue
+            entries.append(entry)
+        entries.sort(key=lambda e: (e.ko_id, e.semver))
+        return entries, broken
+
+    def entries(self) -> list[ShelfEntry]:
+        return self.scan()[0]
+
+    def versions(self, ko_id: str) -> list[ShelfEntry]:
+        return [e for e in self.entries() if e.ko_id == ko_id]
+
+    def resolve(self, ref: str | Reference) -> ShelfEntry:
+        """The version a reference names: an exact pin, else the highest servable match."""
+        reference = ref if isinstance(ref, Reference) else Reference.parse(ref)
+        entries = self.entries()
+        return resolve_among(entries, reference)
+
+    def load(self, ref: str | Reference, **options: object) -> KnowledgeObject:
+        return KnowledgeObject.from_path(self.resolve(ref).path, **options)  # type: ignore[arg-type]
+
+
+def resolve_among(entries: list[ShelfEntry], reference: Reference) -> ShelfEntry:
+    """Pick from ``entries`` what ``reference`` names (shared by shelves and the activator)."""
+    versions = [e for e in entries if e.ko_id == reference.ko_id]
+    if not versions:
+        raise NotFound(f"no KO {reference.ko_id!r}", available=sorted({e.ko_id for e in entries}))
+    listing = [f"{e.version} ({e.status})" for e in versions]
+    if reference.is_exact:
+        wanted = semantic_version.Version(reference.spec)  # type: ignore[arg-type]
+        for entry in versions:
+            if entry.semver == wanted:
+                return entry
+        raise NotFound(f"{reference.ko_id} has no version {reference.spec}", available=listing)
+    spec = semantic_version.NpmSpec(reference.spec or "*")
+    matching = [e for e in versions if spec.match(e.semver)]
+    for wanted_status in SERVABLE:
+        candidates = [e for e in matching if e.status == wanted_status]
+        if candidates:
+            return max(candidates, key=lambda e: e.semver)
+    what = f"matching {reference.spec!r}" if reference.spec else "that is active or deprecated"
+    raise NotFound(f"{reference.ko_id} has no version {what}", available=listing)
+
+
+def load(
+    ref: str | os.PathLike[str], shelf: str | os.PathLike[str] | None = None, *, verify_vectors: bool = False
+) -> KnowledgeObject:
+    """Load a KO by reference (``kfre``, ``kfre@1``, ``kfre@^1.2``, ``kfre@1.0.0``) or by path.
+
+    The shelf is ``shelf``, else ``$KGRID_SHELF``, else ``./knowledge_objects``.
+    """
+    text = os.fspath(ref)
+    candidate = Path(text)
+    if ("/" in text or os.sep in text or text.startswith(".")) and (candidate / METADATA_FILE).exists():
+        return KnowledgeObject.from_path(candidate, verify_vectors=verify_vectors)
+    root = Path(shelf) if shelf is not None else default_shelf_path()
+    return Shelf(root).load(text, verify_vectors=verify_vectors)

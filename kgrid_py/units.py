@@ -1,0 +1,132 @@
+"""UCUM units: parse the common clinical subset and convert between commensurable units.
+
+Only multiplicative conversions exist here. A conversion that needs a molar mass (creatinine
+umol/L to mg/dL) is analyte-specific, so the KO declares it with the conventional factor
+(``FieldSpec.accepted_units``); :func:`conversion_factor` chains a plain dimensional conversion
+onto such a declared unit, so ``mmol/L`` creatinine works once ``umol/L`` is declared.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = ["Unit", "UnitMismatch", "conversion_factor", "parse_unit"]
+
+_PREFIXES = {
+    "k": 1e3,
+    "h": 1e2,
+    "da": 1e1,
+    "d": 1e-1,
+    "c": 1e-2,
+    "m": 1e-3,
+    "u": 1e-6,
+    "n": 1e-9,
+    "p": 1e-12,
+    "f": 1e-15,
+}
+# atom -> (factor in base units, dimension exponents)
+_ATOMS: dict[str, tuple[float, dict[str, int]]] = {
+    "g": (1.0, {"M": 1}),
+    "mol": (1.0, {"N": 1}),
+    "eq": (1.0, {"N": 1}),  # monovalent ions (bicarbonate): 1 mEq/L = 1 mmol/L
+    "m": (1.0, {"L": 1}),
+    "L": (1e-3, {"L": 3}),
+    "l": (1e-3, {"L": 3}),
+    "s": (1.0, {"T": 1}),
+    "min": (60.0, {"T": 1}),
+    "h": (3600.0, {"T": 1}),
+    "d": (86400.0, {"T": 1}),
+    "wk": (604800.0, {"T": 1}),
+    "mo": (2629800.0, {"T": 1}),
+    "a": (31557600.0, {"T": 1}),
+    "%": (0.01, {}),
+    "1": (1.0, {}),
+}
+_UNPREFIXABLE = {"%", "1", "min", "h", "d", "wk", "mo", "a"}
+_COMPONENT = re.compile(r"^(?P<body>\{[^{}]*\}|[A-Za-z%]+|1)(?P<exp>-?\d+)?$")
+
+
+class UnitMismatch(ValueError):
+    """Raised when a unit cannot be parsed or converted to the one asked for."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A parsed UCUM unit: a factor to base units and its dimension (annotations count)."""
+
+    text: str
+    factor: float
+    dimension: tuple[tuple[str, int], ...]
+
+
+def _atom(symbol: str) -> tuple[float, dict[str, int]]:
+    if symbol in _ATOMS:
+        return _ATOMS[symbol]
+    for prefix in sorted(_PREFIXES, key=len, reverse=True):
+        rest = symbol[len(prefix) :]
+        if symbol.startswith(prefix) and rest in _ATOMS and rest not in _UNPREFIXABLE:
+            factor, dims = _ATOMS[rest]
+            return _PREFIXES[prefix] * factor, dims
+    raise UnitMismatch(f"unknown unit symbol {symbol!r}")
+
+
+@lru_cache(maxsize=512)
+def parse_unit(text: str) -> Unit:
+    """Parse a UCUM expression such as ``mg/dL``, ``umol/L`` or ``mL/min/{1.73_m2}``."""
+    if not text or text != text.strip():
+        raise UnitMismatch(f"invalid unit {text!r}")
+    factor = 1.0
+    dims: dict[str, int] = {}
+    # Operators and the components between them, e.g. "mL/min/{1.73_m2}" -> mL, /, min, /, {...}
+    tokens = re.split(r"([./])(?![^{]*\})", text)
+    sign = 1
+    for index, token in enumerate(tokens):
+        if index % 2:
+            sign = -1 if token == "/" else 1
+            continue
+        match = _COMPONENT.match(token)
+        if not match:
+            raise UnitMismatch(f"invalid unit {text!r} (at {token!r})")
+        body, exp = match["body"], int(match["exp"] or 1)
+        if body.startswith("{"):
+            atom_factor, atom_dims = 1.0, {body: 1}
+        else:
+            atom_factor, atom_dims = _atom(body)
+        factor *= atom_factor ** (sign * exp)
+        for dim, power in atom_dims.items():
+            dims[dim] = dims.get(dim, 0) + sign * exp * power
+    dimension = tuple(sorted((d, p) for d, p in dims.items() if p))
+    return Unit(text, factor, dimension)
+
+
+def _dimensional_factor(source: str, target: str) -> float | None:
+    a, b = parse_unit(source), parse_unit(target)
+    return a.factor / b.factor if a.dimension == b.dimension else None
+
+
+def conversion_factor(source: str, target: str, declared: Iterable[tuple[str, float]] = ()) -> float:
+    """The factor that turns a value in ``source`` into one in ``target``.
+
+    ``declared`` lists analyte-specific units as ``(unit, factor_to_target)``; they are tried
+    after plain dimensional conversion, each possibly preceded by a dimensional step.
+    """
+    if source == target:
+        return 1.0
+    declared = list(declared)
+    for unit, factor in declared:
+        if unit == source:
+            return factor
+    direct = _dimensional_factor(source, target)
+    if direct is not None:
+        return direct
+    for unit, factor in declared:
+        try:
+            step = _dimensional_factor(source, unit)
+        except UnitMismatch:  # a declared unit outside our UCUM subset converts only as itself
+            continue
+        if step is not None:
+            return step * factor
+    raise UnitMismatch(f"cannot convert {source!r} to {target!r}")
