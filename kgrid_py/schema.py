@@ -46,3 +46,7 @@ def validate_raw_metadata(raw: Any, source: str = "metadata.json") -> None:
         lines = [f"{'/'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}" for e in errors[:10]]
         more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
         raise InvalidKO(f"{source} does not match the KO metadata schema: {'; '.join(lines)}{more}")
+
+
+if __name__ == "__main__":  # python -m kgrid_py.schema > schemas/ko-metadata.schema.json
+    print(schema_text(), end="")
