@@ -161,7 +161,10 @@ def test_runtime_does_not_import_torch(demo_path: Path) -> None:
     import subprocess
     import sys
 
-    code = f"import sys, kgrid_py; kgrid_py.load({str(demo_path)!r}).call('bmi', {PATIENT!r}); print('torch' in sys.modules)"
+    code = (
+        f"import sys, kgrid_py; kgrid_py.load({str(demo_path)!r}).call('bmi', {PATIENT!r}); "
+        "print('torch' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

@@ -48,7 +48,7 @@ def test_resolution(shelf: Path, ref: str, version: str) -> None:
 
 @pytest.mark.parametrize("ref", ["demo-bmi@3", "demo-bmi@1.3.0", "demo-bmi@0"])
 def test_nothing_matches(shelf: Path, ref: str) -> None:
-    with pytest.raises(kgrid_py.NotFound, match="available: 0.9.0 \\(retired\\), 1.2.0"):
+    with pytest.raises(kgrid_py.NotFound, match=r"available: 0\.9\.0 \(retired\), 1\.2\.0"):
         Shelf(shelf).resolve(ref)
 
 
