@@ -152,8 +152,8 @@ class BatchFeeds:
 
     feeds: dict[str, np.ndarray]
     valid: np.ndarray  # bool mask over all rows
-    errors: list[list[FieldError]]
-    warnings: list[list[InputWarning]]
+    errors: dict[int, list[FieldError]]  # only rows that have some
+    warnings: dict[int, list[InputWarning]]
 
 
 class FunctionPlan:
@@ -243,11 +243,9 @@ class FunctionPlan:
         ]
         if unknown:
             raise InputError(unknown)
-        errors: list[list[FieldError]] = [[] for _ in range(n_rows)]
-        warnings: list[list[InputWarning]] = [[] for _ in range(n_rows)]
+        errors: dict[int, list[FieldError]] = {}
         valid = np.ones(n_rows, dtype=bool)
         arrays: dict[str, np.ndarray] = {}
-        raw_columns: dict[str, np.ndarray] = {}
         for plan in self.fields:
             column = columns.get(plan.name)
             if column is None:
@@ -262,14 +260,13 @@ class FunctionPlan:
             except ValueError as exc:
                 raise InputError([FieldError(plan.name, str(exc))]) from None
             array, bad = self._column(plan, column, factor, unit)
-            for row in np.flatnonzero(bad):
+            for row, error in bad.items():
                 valid[row] = False
-                errors[row].append(
-                    bad[row] if isinstance(bad[row], FieldError) else FieldError(plan.name, "is invalid")
-                )
+                errors.setdefault(row, []).append(error)
             arrays[plan.name] = array
-            raw_columns[plan.name] = np.asarray(column, dtype=object) if plan.kind == "enum" else array
-        self._check_constraints_batch(arrays, raw_columns, valid, errors)
+        self._check_constraints_batch(arrays, valid, errors)
+        warnings: dict[int, list[InputWarning]] = {}
+        all_valid = bool(valid.all())
         feeds: dict[str, np.ndarray] = {}
         for plan in self.fields:
             array = arrays[plan.name]
@@ -278,34 +275,27 @@ class FunctionPlan:
                 for row in np.flatnonzero(outside):
                     warning = plan.warning_for(float(array[row]))
                     if warning is not None:
-                        warnings[row].append(warning)
-            feeds[plan.spec.graph_name] = np.ascontiguousarray(array[valid], dtype=plan.graph_dtype)
+                        warnings.setdefault(int(row), []).append(warning)
+            selected = array if all_valid else array[valid]
+            feeds[plan.spec.graph_name] = np.ascontiguousarray(selected, dtype=plan.graph_dtype)
         return BatchFeeds(feeds, valid, errors, warnings)
 
-    def _column(self, plan: FieldPlan, column: Any, factor: float, unit: str | None) -> tuple[np.ndarray, np.ndarray]:
-        """A column as graph values, with an object array of per-row FieldErrors (or None)."""
+    def _column(
+        self, plan: FieldPlan, column: Any, factor: float, unit: str | None
+    ) -> tuple[np.ndarray, dict[int, FieldError]]:
+        """A column as graph values (vectorised where the column allows), and its bad rows."""
+        fast = _vectorised(plan, column, factor)
+        if fast is not None:
+            return fast
         n = len(column)
-        bad = np.full(n, None, dtype=object)
-        if plan.kind in ("number", "integer"):
-            array = _as_float_array(column)
-            if array is not None:
-                array = array * factor if factor != 1.0 else array.copy()
-                problem = ~np.isfinite(array)
-                if plan.kind == "integer":
-                    problem |= np.isfinite(array) & (array != np.round(array))
-                if plan.hard is not None:
-                    problem |= np.isfinite(array) & ~_within(array, plan.hard)
-                for row in np.flatnonzero(problem):
-                    bad[row] = FieldError(plan.name, _row_message(plan, array[row]))
-                array[problem] = 0.0
-                return array, np.where(problem, bad, None)
+        bad: dict[int, FieldError] = {}
         if plan.kind == "tensor":
             shape = tuple(plan.spec.shape or ())
             array = np.zeros((n, *shape), dtype=_TENSOR_DTYPES[plan.spec.dtype or "float64"])
         else:
             array = np.zeros(n, dtype=np.float64)
         for row, value in enumerate(column):
-            if value is None or (isinstance(value, float) and math.isnan(value) and plan.kind != "number"):
+            if _is_missing(value):
                 if plan.default is None:
                     bad[row] = FieldError(plan.name, "is missing")
                     continue
@@ -319,18 +309,14 @@ class FunctionPlan:
         return array, bad
 
     def _check_constraints_batch(
-        self,
-        arrays: Mapping[str, np.ndarray],
-        raw: Mapping[str, np.ndarray],
-        valid: np.ndarray,
-        errors: list[list[FieldError]],
+        self, arrays: Mapping[str, np.ndarray], valid: np.ndarray, errors: dict[int, list[FieldError]]
     ) -> None:
         for rule in self.constraints:
             applies = valid.copy()
             for name, want in rule.when.items():
                 plan = self.by_name[name]
                 if plan.kind == "enum":
-                    applies &= raw[name] == want
+                    applies &= arrays[name] == plan.enum_index.get(want, -1.0)  # type: ignore[arg-type]
                 elif plan.kind == "boolean":
                     applies &= arrays[name] == (1.0 if want else 0.0)
                 else:
@@ -338,7 +324,50 @@ class FunctionPlan:
             broken = applies & ~_within(arrays[rule.field], rule.bounds)
             for row in np.flatnonzero(broken):
                 valid[row] = False
-                errors[row].append(FieldError(rule.field, rule.message))
+                errors.setdefault(int(row), []).append(FieldError(rule.field, rule.message))
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _vectorised(plan: FieldPlan, column: Any, factor: float) -> tuple[np.ndarray, dict[int, FieldError]] | None:
+    """Check a plain column with whole-array operations; None when it needs row-by-row care."""
+    if plan.kind in ("number", "integer"):
+        array = _as_float_array(column)
+        if array is None:
+            return None
+        array = array * factor if factor != 1.0 else array
+        finite = np.isfinite(array)
+        problem = ~finite
+        if plan.kind == "integer":
+            problem |= finite & (array != np.round(array))
+        if plan.hard is not None:
+            problem |= finite & ~_within(array, plan.hard)
+        if not problem.any():
+            return array, {}
+        if plan.default is not None:
+            array = np.where(np.isnan(array), float(plan.default), array)
+            return _vectorised(plan, array, 1.0)
+        bad = {int(row): FieldError(plan.name, _row_message(plan, array[row])) for row in np.flatnonzero(problem)}
+        return np.where(problem, 0.0, array), bad
+    if plan.kind == "boolean":
+        array = np.asarray(column)
+        if array.dtype != np.bool_:
+            return None
+        return array.astype(np.float64), {}
+    if plan.kind == "enum":
+        array = np.asarray(column)
+        if array.dtype.kind not in "UO" or array.ndim != 1:
+            return None
+        codes = np.full(len(array), -1.0)
+        for label, index in plan.enum_index.items():
+            codes[array == label] = index
+        unmatched = codes < 0
+        if unmatched.any():
+            return None  # defaults, None and bad labels: the row path explains each one
+        return codes, {}
+    return None
 
 
 def _as_float_array(column: Any) -> np.ndarray | None:

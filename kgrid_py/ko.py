@@ -65,14 +65,15 @@ class CallResult:
 class BatchResult(Mapping[str, np.ndarray]):
     """Outputs for a table, row for row: a mapping of output columns plus errors and warnings.
 
-    Rows that could not be scored hold NaN (numbers) or None (labels) and have an ``errors`` entry.
+    Rows that could not be scored hold NaN (numbers) or None (labels) and have an ``errors`` entry;
+    ``warnings`` holds a tuple of messages per row (empty for most).
     """
 
     columns: dict[str, np.ndarray]
     errors: list[str | None]
-    warnings: list[list[str]]
+    warnings: list[tuple[str, ...]]
     provenance: Provenance
-    field_errors: list[list[Any]] = field(repr=False, default_factory=list)
+    field_errors: dict[int, list[Any]] = field(repr=False, default_factory=dict)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.columns[key]
@@ -207,8 +208,12 @@ class KnowledgeObject:
         batch = fn.plan.prepare_batch(columns, n_rows, units)
         outputs = fn.run(batch.feeds) if batch.valid.any() else [None] * len(fn.outputs)
         result = {spec.name: _column(spec, array, batch.valid) for spec, array in zip(fn.outputs, outputs, strict=True)}
-        errors = ["; ".join(f"{e.field}: {e.message}" for e in row) or None for row in batch.errors]
-        warnings = [[str(w) for w in row] for row in batch.warnings]
+        errors: list[str | None] = [None] * n_rows
+        for row, problems in batch.errors.items():
+            errors[row] = "; ".join(f"{e.field}: {e.message}" for e in problems)
+        warnings: list[tuple[str, ...]] = [()] * n_rows
+        for row, found in batch.warnings.items():
+            warnings[row] = tuple(str(w) for w in found)
         return BatchResult(result, errors, warnings, fn.provenance, batch.errors)
 
     # -- self-test -----------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_batch_bad_rows_do_not_fail_others(demo_shelf: Path) -> None:
     assert math.isnan(out["bmi"][1]) and out["category"][2] is None
     assert out["bmi"][5] == pytest.approx(65 / 1.7**2)
     assert out.warnings[5] and out.warnings[5][0].startswith("age:")
-    assert out.warnings[0] == []
+    assert out.warnings[0] == ()
 
 
 def test_batch_accepts_arrow_and_pandas(demo_shelf: Path) -> None:
