@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,8 @@ def export(equation: Equation, path: Path) -> None:
     }
     args = tuple(torch.tensor(example[name], dtype=torch.float64) for name in equation.inputs)
     outputs = ["egfr", "stage"]
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, on purpose
         torch.onnx.export(
             CkdEpi(equation).eval(),
             args,
@@ -270,11 +272,12 @@ def standard_vectors(
     out: list[dict[str, Any]] = []
     for function, (_, equation) in equations.items():
         for name, fields in valid_cases(equation.inputs):
-            out.append(vector(name, function, fields, source,
+            out.append(vector(f"{function}: {name}", function, fields, source,
                               expected=expected(compute, function, fields), rel_tol=1e-9,
                               expect_warnings=[]))
         for name, fields, bad in invalid_cases(equation.inputs):
-            out.append(vector(name, function, fields, "input validation", expect_error=bad))
+            out.append(vector(f"{function}: {name}", function, fields, "input validation",
+                              expect_error=bad))
     return out
 
 

@@ -39,11 +39,11 @@ def vectors(reference: Any, equations: dict[str, Any]) -> list[dict[str, Any]]:
         if function == "egfr-cr-cys":
             fields["cystatin_c"] = 1.0
         out.append(common.vector(
-            "black omitted defaults to false", function, fields, SOURCE,
+            f"{function}: black omitted defaults to false", function, fields, SOURCE,
             expected=common.expected(compute, function, fields), rel_tol=1e-9, expect_warnings=[],
         ))
         out.append(common.vector(
-            "black given as a string", function, {**fields, "black": "yes"}, "input validation",
+            f"{function}: black given as a string", function, {**fields, "black": "yes"}, "input validation",
             expect_error=["black"],
         ))
     # The 2009 equation for the NKF 2021 example patient (compare 2.0.0's 71.4).

@@ -57,7 +57,7 @@ def vectors(reference: Any, equations: dict[str, Any]) -> list[dict[str, Any]]:
             fields["cystatin_c"] = 1.0
         for black in (True, False):
             out.append(common.vector(
-                f"black={str(black).lower()} sent to the race-free 2021 refit", function,
+                f"{function}: black={str(black).lower()} sent to the race-free 2021 refit", function,
                 {**fields, "black": black}, "input validation (removed input)",
                 expect_error=["black"],
             ))
