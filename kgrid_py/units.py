@@ -59,7 +59,7 @@ class Unit:
 
     text: str
     factor: float
-    dimension: tuple[tuple[str, int], ...]
+    dimension: tuple[tuple[str, int], ...]  # numerator and denominator kept apart: see parse_unit
 
 
 def _atom(symbol: str) -> tuple[float, dict[str, int]]:
@@ -97,8 +97,11 @@ def parse_unit(text: str) -> Unit:
             atom_factor, atom_dims = _atom(body)
         factor *= atom_factor ** (sign * exp)
         for dim, power in atom_dims.items():
-            dims[dim] = dims.get(dim, 0) + sign * exp * power
-    dimension = tuple(sorted((d, p) for d, p in dims.items() if p))
+            # Keep numerator and denominator apart, so that a mass ratio (mg/g) never passes for a
+            # molar ratio (mmol/mol): both reduce to "1" in UCUM, but they are different quantities.
+            key = dim if sign > 0 else f"/{dim}"
+            dims[key] = dims.get(key, 0) + exp * power
+    dimension = tuple(sorted(dims.items()))
     return Unit(text, factor, dimension)
 
 
