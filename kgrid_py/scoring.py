@@ -1,0 +1,798 @@
+"""Score a whole file through one KO function, streaming pyarrow record batches.
+
+    summary = score_file(ko, "four-variable", "patients.parquet", "scored.parquet", keep=["id"])
+
+Reads CSV (or TSV, optionally gzipped), Parquet or JSON Lines; writes Parquet or CSV. Memory is
+bounded by the batch size, not the file size: one batch is read, scored with one ONNX run and
+written before the next is read. The output holds exactly the input's rows, in order: the columns
+asked for with ``keep``, then the function's outputs, then ``error`` (null when the row was scored)
+and ``warnings`` (inputs outside the intended population). Rows that could not be scored have
+null outputs and an ``error``; they never stop the other rows.
+
+The output is written to a temporary file beside it and moved into place with ``os.replace``
+only when every row is written, so an interrupted or failed run leaves an existing output as it
+was and no partial file behind.
+
+Columns map to inputs by name, or explicitly with ``mapping={"column": "input"}``. A unit for a
+column or input (``units={"creatinine": "umol/L"}``) converts its values into the declared unit.
+A null cell in an optional input takes the input's default.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from kgrid_py.errors import InputError, KgridError
+from kgrid_py.ko import KnowledgeObject
+from kgrid_py.metadata import FieldSpec, OutputSpec
+
+__all__ = [
+    "INPUT_FORMATS",
+    "OUTPUT_FORMATS",
+    "BatchScorer",
+    "MappingError",
+    "Progress",
+    "ScoreSummary",
+    "ScoringError",
+    "Tally",
+    "detect_format",
+    "make_progress",
+    "parse_pairs",
+    "score_file",
+]
+
+INPUT_FORMATS = ("csv", "tsv", "parquet", "jsonl")
+OUTPUT_FORMATS = ("parquet", "csv")
+DEFAULT_BATCH_SIZE = 65_536
+RESERVED_COLUMNS = ("error", "warnings")
+_SUFFIXES = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0"})
+
+
+class ScoringError(KgridError, ValueError):
+    """Raised when a file cannot be scored at all (unreadable input, a type that cannot be written)."""
+
+
+class MappingError(ScoringError):
+    """Raised when ``mapping``, ``units`` or ``keep`` do not fit the input's columns or the function."""
+
+
+# -- counts and progress ---------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """Row counts so far: read, scored, with errors, with warnings."""
+
+    rows_read: int = 0
+    rows_scored: int = 0
+    rows_with_errors: int = 0
+    rows_with_warnings: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.rows_read += other.rows_read
+        self.rows_scored += other.rows_scored
+        self.rows_with_errors += other.rows_with_errors
+        self.rows_with_warnings += other.rows_with_warnings
+
+
+@dataclass(frozen=True)
+class ScoreSummary:
+    """What a finished run did."""
+
+    tally: Tally
+    seconds: float
+    output: Path
+    batches: int
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.tally.rows_read / self.seconds if self.seconds > 0 else math.inf
+
+    def lines(self) -> list[str]:
+        t = self.tally
+        return [
+            f"rows read:          {t.rows_read:,}",
+            f"rows scored:        {t.rows_scored:,}",
+            f"rows with errors:   {t.rows_with_errors:,}",
+            f"rows with warnings: {t.rows_with_warnings:,}",
+            f"time: {self.seconds:.2f} s ({self.rows_per_second:,.0f} rows/s), {self.batches} batch(es)",
+            f"output: {self.output}",
+        ]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+class Progress:
+    """Plain progress lines (for logs and pipes): at most one every ``interval`` seconds."""
+
+    def __init__(self, stream: IO[str], interval: float = 5.0) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.started = time.perf_counter()
+        self._last = -math.inf
+
+    def update(self, tally: Tally, fraction: float | None) -> None:
+        now = time.perf_counter()
+        if now - self._last < self.interval:
+            return
+        self._last = now
+        elapsed = now - self.started
+        rate = tally.rows_read / elapsed if elapsed > 0 else 0.0
+        text = f"scored {tally.rows_read:,} rows, {rate:,.0f} rows/s"
+        if fraction is not None and 0 < fraction <= 1:
+            remaining = elapsed * (1 - fraction) / fraction
+            text += f", {fraction:.0%} done, ETA {_duration(remaining)}"
+        if tally.rows_with_errors:
+            text += f", {tally.rows_with_errors:,} with errors"
+        print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class _BarProgress(Progress):
+    """A tqdm bar counting rows; the total is estimated from the share of the input read so far."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream, interval=0.0)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=None, unit=" rows", unit_scale=True, file=stream, dynamic_ncols=True, smoothing=0.1)
+        self._shown = 0
+
+    def update(self, tally: Tally, fraction: float | None) -> None:
+        if fraction is not None and 0 < fraction <= 1:
+            self.bar.total = max(round(tally.rows_read / fraction), tally.rows_read)
+        self.bar.update(tally.rows_read - self._shown)
+        self._shown = tally.rows_read
+        if tally.rows_with_errors:
+            self.bar.set_postfix(errors=tally.rows_with_errors, refresh=False)
+
+    def close(self) -> None:
+        self.bar.total = self._shown
+        self.bar.refresh()
+        self.bar.close()
+
+
+def make_progress(stream: IO[str] | None = None, *, bar: bool | None = None, interval: float = 5.0) -> Progress:
+    """A bar when ``stream`` is a terminal (and tqdm is installed), plain lines otherwise."""
+    stream = stream if stream is not None else sys.stderr
+    if bar is None:
+        bar = bool(getattr(stream, "isatty", lambda: False)())
+    if bar:
+        try:
+            return _BarProgress(stream)
+        except ImportError:
+            pass
+    return Progress(stream, interval)
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+# -- options ---------------------------------------------------------------------------------
+
+
+def parse_pairs(items: Iterable[str], what: str) -> dict[str, str]:
+    """``["a=b", ...]`` as a dict; a malformed or repeated key is a :class:`MappingError`."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise MappingError(f"{what} {item!r}: expected NAME=VALUE")
+        if key in pairs:
+            raise MappingError(f"{what} {key!r} is given twice")
+        pairs[key] = value
+    return pairs
+
+
+def detect_format(path: str | os.PathLike[str], allowed: Sequence[str]) -> str:
+    """The file format from the suffix (``.csv``, ``.tsv``, ``.parquet``, ``.jsonl``; ``.gz`` allowed)."""
+    suffixes = [s.lower() for s in Path(path).suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    fmt = _SUFFIXES.get(suffixes[-1]) if suffixes else None
+    if fmt is None or fmt not in allowed:
+        raise MappingError(f"{path}: cannot tell the format from its name; use one of {', '.join(allowed)}")
+    return fmt
+
+
+# -- one batch -------------------------------------------------------------------------------
+
+
+class BatchScorer:
+    """Scores record batches of a fixed input schema into record batches of :attr:`output_schema`.
+
+    Resolves ``mapping``, ``units`` and ``keep`` against the input columns once, then each
+    :meth:`score` is one ``call_batch``. Raises :class:`MappingError` when they do not fit.
+    """
+
+    def __init__(
+        self,
+        ko: KnowledgeObject,
+        function: str,
+        schema: pa.Schema,
+        *,
+        mapping: Mapping[str, str] | None = None,
+        units: Mapping[str, str] | None = None,
+        keep: Sequence[str] = (),
+        warnings_as_text: bool = False,
+    ) -> None:
+        self.ko = ko
+        self.function = function
+        spec = ko.function(function)
+        self.inputs: dict[str, FieldSpec] = {f.name: f for f in spec.inputs}
+        self.outputs: list[OutputSpec] = list(spec.outputs)
+        self.warnings_as_text = warnings_as_text
+        columns = list(schema.names)
+        self.column_for = _resolve_mapping(columns, dict(mapping or {}), self.inputs)
+        self.units = _resolve_units(dict(units or {}), self.column_for, self.inputs)
+        self.keep = _resolve_keep(columns, list(keep), self.outputs)
+        missing = [
+            name for name, f in self.inputs.items() if f.required and name not in self.column_for and f.default is None
+        ]
+        if missing:
+            raise MappingError(
+                f"no column for required input(s) {', '.join(missing)} of {ko.ref} {function}; "
+                f"map one with --map COLUMN=INPUT (columns: {', '.join(columns)})"
+            )
+        self.needed = list(dict.fromkeys([*self.keep, *self.column_for.values()]))
+        fields = [schema.field(name) for name in self.keep]
+        for out in self.outputs:
+            fields.append(pa.field(out.name, _output_type(out)))
+        fields.append(pa.field("error", pa.string()))
+        fields.append(pa.field("warnings", pa.string() if warnings_as_text else pa.list_(pa.string())))
+        self.output_schema = pa.schema(fields)
+        # Let the library reject anything else (units it cannot convert) before a row is read.
+        try:
+            ko.call_batch(function, {name: [] for name in self.column_for}, units=self.units)
+        except InputError as exc:
+            raise MappingError(f"{ko.ref} {function}: {exc}") from None
+
+    def score(self, batch: pa.RecordBatch | pa.Table, row_errors: Sequence[str | None] | None = None) -> pa.RecordBatch:
+        """Score one batch; ``row_errors`` marks rows the reader already knows are broken."""
+        n = batch.num_rows
+        columns = {name: self._input_column(name, batch.column(col)) for name, col in self.column_for.items()}
+        result = self.ko.call_batch(self.function, columns, units=self.units)
+        errors = list(result.errors)
+        if row_errors is not None:
+            for row, message in enumerate(row_errors):
+                if message is not None:
+                    errors[row] = message
+        failed = np.fromiter((e is not None for e in errors), dtype=bool, count=n)
+        arrays: list[pa.Array] = [_as_array(batch.column(name)) for name in self.keep]
+        for out in self.outputs:
+            arrays.append(_output_array(out, result[out.name], failed))
+        arrays.append(pa.array(errors, type=pa.string()))
+        warnings = result.warnings
+        if self.warnings_as_text:
+            arrays.append(pa.array([("; ".join(w) if w else None) for w in warnings], type=pa.string()))
+        else:
+            arrays.append(pa.array(warnings, type=pa.list_(pa.string())))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.output_schema)
+
+    @staticmethod
+    def tally(scored: pa.RecordBatch) -> Tally:
+        """Counts for a batch :meth:`score` returned."""
+        n = scored.num_rows
+        ok = scored.column("error").null_count
+        warnings = scored.column("warnings")
+        if pa.types.is_string(warnings.type):
+            with_warnings = n - warnings.null_count
+        else:
+            with_warnings = int(pc.sum(pc.greater(pc.list_value_length(warnings), 0)).as_py() or 0)
+        return Tally(n, ok, n - ok, with_warnings)
+
+    def _input_column(self, name: str, column: pa.Array | pa.ChunkedArray) -> Any:
+        """An arrow column as call_batch wants it: float arrays for numbers, labels, booleans."""
+        spec = self.inputs[name]
+        column = _as_array(column)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        kind = spec.type
+        if kind in ("number", "integer"):
+            values = _numbers(column)
+            if values is not None and spec.default is not None and not spec.required:
+                values = np.where(np.isnan(values), float(spec.default), values)
+            return values if values is not None else [_number_or_raw(v) for v in column.to_pylist()]
+        if kind == "boolean":
+            return _booleans(column)
+        if kind == "enum" and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            return column.to_numpy(zero_copy_only=False)
+        return column.to_pylist()
+
+
+def _resolve_mapping(columns: list[str], mapping: dict[str, str], inputs: Mapping[str, FieldSpec]) -> dict[str, str]:
+    """input name -> column name: explicit ``column=input`` pairs first, then same-named columns."""
+    column_for: dict[str, str] = {}
+    for column, name in mapping.items():
+        if column not in columns:
+            raise MappingError(f"--map {column}={name}: no column {column!r} in the input")
+        if name not in inputs:
+            raise MappingError(f"--map {column}={name}: {name!r} is not an input (inputs: {', '.join(inputs)})")
+        if name in column_for:
+            raise MappingError(f"--map: both {column_for[name]!r} and {column!r} map to input {name!r}")
+        column_for[name] = column
+    for name in inputs:
+        if name not in column_for and name in columns and name not in mapping:
+            column_for[name] = name
+    return column_for
+
+
+def _resolve_units(
+    units: dict[str, str], column_for: Mapping[str, str], inputs: Mapping[str, FieldSpec]
+) -> dict[str, str]:
+    """input name -> unit, where the key may be an input's name or the column mapped to it."""
+    input_of = {column: name for name, column in column_for.items()}
+    resolved: dict[str, str] = {}
+    for key, unit in units.items():
+        name = input_of.get(key, key)
+        if name not in inputs:
+            raise MappingError(f"--unit {key}={unit}: {key!r} is neither an input nor a column mapped to one")
+        if name not in column_for:
+            raise MappingError(f"--unit {key}={unit}: no column feeds input {name!r}")
+        if name in resolved:
+            raise MappingError(f"--unit: input {name!r} is given a unit twice")
+        resolved[name] = unit
+    return resolved
+
+
+def _resolve_keep(columns: list[str], keep: list[str], outputs: Sequence[OutputSpec]) -> list[str]:
+    taken = {o.name for o in outputs} | set(RESERVED_COLUMNS)
+    for name in keep:
+        if name not in columns:
+            raise MappingError(f"--keep {name}: no such column in the input (columns: {', '.join(columns)})")
+        if name in taken:
+            raise MappingError(f"--keep {name}: the output already has a column {name!r}; rename it in the input")
+    if len(set(keep)) != len(keep):
+        raise MappingError("--keep names a column twice")
+    return keep
+
+
+def _as_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    return column
+
+
+def _numbers(column: pa.Array) -> np.ndarray | None:
+    """float64 values (null -> NaN), or None when some cells are not numbers (each gets its own error)."""
+    t = column.type
+    if pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t) or pa.types.is_null(t):
+        return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            return pc.cast(pc.utf8_trim_whitespace(column), pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return None
+    return None
+
+
+def _number_or_raw(value: Any) -> Any:
+    """A text cell as a float when it reads as one; otherwise as it was, for its row's error."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _booleans(column: pa.Array) -> Any:
+    """Booleans (a bool array when complete, else a list with None); 0/1 and true/false text accepted."""
+    t = column.type
+    if pa.types.is_boolean(t):
+        values = column
+    elif pa.types.is_integer(t):
+        values = pc.if_else(pc.is_in(column, pa.array([0, 1], t)), pc.not_equal(column, 0), None)
+        if values.null_count > column.null_count:  # other numbers: let each row say what is wrong
+            return column.to_pylist()
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        lowered = pc.utf8_lower(pc.utf8_trim_whitespace(column))
+        truthy = pc.is_in(lowered, pa.array(sorted(_TRUE)))
+        falsy = pc.is_in(lowered, pa.array(sorted(_FALSE)))
+        known = pc.or_(truthy, falsy)
+        if not pc.all(pc.or_(known, pc.is_null(column))).as_py():
+            raw = column.to_pylist()
+            return [
+                (v.strip().lower() in _TRUE) if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE else v
+                for v in raw
+            ]
+        values = pc.if_else(pc.is_null(column), None, truthy)
+    else:
+        return column.to_pylist()
+    if values.null_count == 0:
+        return values.to_numpy(zero_copy_only=False)
+    return values.to_pylist()
+
+
+def _output_type(spec: OutputSpec) -> pa.DataType:
+    if spec.type == "number":
+        return pa.float64()
+    if spec.type == "integer":
+        return pa.int64()
+    if spec.type == "boolean":
+        return pa.bool_()
+    if spec.type == "enum":
+        return pa.string()
+    size = int(np.prod(spec.shape or (1,)))
+    return pa.list_(pa.float64(), size)
+
+
+def _output_array(spec: OutputSpec, values: np.ndarray, failed: np.ndarray) -> pa.Array:
+    """An output column; rows that failed are null (not NaN)."""
+    kind = spec.type
+    if kind == "number":
+        return pa.array(values, type=pa.float64(), mask=failed)
+    if kind == "tensor":
+        size = int(np.prod(spec.shape or (1,)))
+        flat = pa.array(np.asarray(values, dtype=np.float64).reshape(-1), type=pa.float64())
+        return pa.FixedSizeListArray.from_arrays(flat, size, mask=pa.array(failed))
+    return pa.array(values, type=_output_type(spec), mask=failed)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+class _CountingFile(io.RawIOBase):
+    """A read-only file that knows how far it has been read (for progress on CSV and JSONL)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
+        self.size = os.fstat(self._file.fileno()).st_size
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._file.readinto(buffer)
+        self.position += n or 0
+        return n or 0
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    @property
+    def fraction(self) -> float | None:
+        return self.position / self.size if self.size else None
+
+
+class _Reader:
+    """An input file opened for streaming: its column names, then batches of the columns needed."""
+
+    columns: list[str]
+    schema: pa.Schema
+
+    def batches(self, needed: list[str]) -> Iterator[tuple[pa.RecordBatch, list[str | None] | None]]:
+        raise NotImplementedError
+
+    def fraction(self) -> float | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+class _ParquetReader(_Reader):
+    def __init__(self, path: Path, batch_size: int) -> None:
+        self.file = pq.ParquetFile(path)
+        self.schema = self.file.schema_arrow
+        self.columns = list(self.schema.names)
+        self.batch_size = batch_size
+        self.total = self.file.metadata.num_rows
+        self.done = 0
+
+    def batches(self, needed: list[str]) -> Iterator[tuple[pa.RecordBatch, list[str | None] | None]]:
+        for batch in self.file.iter_batches(batch_size=self.batch_size, columns=needed, use_threads=True):
+            self.done += batch.num_rows
+            yield batch, None
+
+    def fraction(self) -> float | None:
+        return self.done / self.total if self.total else None
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _CsvReader(_Reader):
+    """Every column is read as text, so a stray value fails its row, not the file."""
+
+    def __init__(self, path: Path, batch_size: int, delimiter: str) -> None:
+        self.path = path
+        self.delimiter = delimiter
+        self.batch_size = batch_size
+        self.raw: _CountingFile | None = None
+        with self._stream() as stream:
+            header = pacsv.open_csv(stream, parse_options=self._parse_options())
+            self.columns = list(header.schema.names)
+        self.schema = pa.schema([pa.field(name, pa.string()) for name in self.columns])
+
+    def _parse_options(self) -> pacsv.ParseOptions:
+        return pacsv.ParseOptions(delimiter=self.delimiter)
+
+    def _stream(self) -> Any:
+        self.raw = _CountingFile(self.path)
+        source = pa.PythonFile(self.raw, mode="r")
+        if self.path.suffix.lower() == ".gz":
+            return pa.CompressedInputStream(source, "gzip")
+        return source
+
+    def batches(self, needed: list[str]) -> Iterator[tuple[pa.RecordBatch, list[str | None] | None]]:
+        stream = self._stream()
+        # Aim for batch_size rows per block: estimate bytes per row from the file's start.
+        block = min(max(self._bytes_per_row() * self.batch_size, 1 << 16), 1 << 28)
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(block_size=block),
+            parse_options=self._parse_options(),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=needed,
+                column_types={name: pa.string() for name in needed},
+                strings_can_be_null=True,
+            ),
+        )
+        try:
+            for batch in reader:
+                for start in range(0, batch.num_rows, self.batch_size):
+                    yield batch.slice(start, self.batch_size), None
+        except pa.ArrowInvalid as exc:
+            raise ScoringError(f"{self.path}: {exc}") from None
+        finally:
+            stream.close()
+
+    def _bytes_per_row(self) -> int:
+        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
+        with opener(self.path, "rb") as f:
+            sample = f.read(1 << 20)
+        lines = sample.count(b"\n")
+        return max(len(sample) // max(lines, 1), 1)
+
+    def fraction(self) -> float | None:
+        return self.raw.fraction if self.raw is not None else None
+
+
+class _JsonLinesReader(_Reader):
+    """One JSON object per line; a line that is not one becomes a row with an error, not a failure.
+
+    Column names are the keys of the first batch's lines. A kept column's type is fixed by the
+    first batch; input columns with mixed JSON types fall back to text (each bad cell then gets
+    its own error).
+    """
+
+    def __init__(self, path: Path, batch_size: int) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.raw = _CountingFile(path)
+        self.text = io.TextIOWrapper(
+            gzip.GzipFile(fileobj=self.raw) if path.suffix.lower() == ".gz" else io.BufferedReader(self.raw),
+            encoding="utf-8",
+        )
+        self.line_number = 0
+        self.first = self._read_lines()
+        keys: dict[str, None] = {}
+        for row in self.first[0]:
+            if row is not None:
+                keys.update(dict.fromkeys(row))
+        self.columns = list(keys)
+        self.types: dict[str, pa.DataType] = {}
+        self.schema = pa.schema([pa.field(name, self._first_type(name)) for name in self.columns])
+
+    def _first_type(self, name: str) -> pa.DataType:
+        values = [row.get(name) if row else None for row in self.first[0]]
+        try:
+            t = pa.array(values).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            t = pa.string()
+        if pa.types.is_null(t):
+            t = pa.string()
+        self.types[name] = t
+        return t
+
+    def _read_lines(self) -> tuple[list[dict[str, Any] | None], list[str | None]]:
+        rows: list[dict[str, Any] | None] = []
+        problems: list[str | None] = []
+        for line in self.text:
+            self.line_number += 1
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                row, problem = None, f"line {self.line_number}: not valid JSON ({exc.msg})"
+            else:
+                problem = None
+                if not isinstance(row, dict):
+                    row, problem = None, f"line {self.line_number}: not a JSON object"
+            rows.append(row)
+            problems.append(problem)
+            if len(rows) >= self.batch_size:
+                break
+        return rows, problems
+
+    def batches(self, needed: list[str]) -> Iterator[tuple[pa.RecordBatch, list[str | None] | None]]:
+        chunk = self.first
+        while chunk[0]:
+            rows, problems = chunk
+            arrays = [self._column(name, [row.get(name) if row else None for row in rows]) for name in needed]
+            batch = pa.RecordBatch.from_arrays(arrays, names=needed)
+            yield batch, (problems if any(p is not None for p in problems) else None)
+            chunk = self._read_lines()
+
+    def _column(self, name: str, values: list[Any]) -> pa.Array:
+        t = self.types.get(name, pa.string())
+        try:
+            return pa.array(values, type=t)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            if t != pa.string():
+                raise ScoringError(
+                    f"{self.path}: column {name!r} changed type after line {self.line_number - len(values)} "
+                    f"(it started as {t})"
+                ) from None
+            return pa.array([_text(v) for v in values], type=pa.string())
+
+    def fraction(self) -> float | None:
+        return self.raw.fraction
+
+    def close(self) -> None:
+        self.text.close()
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _open_reader(path: Path, fmt: str, batch_size: int) -> _Reader:
+    try:
+        if fmt == "parquet":
+            return _ParquetReader(path, batch_size)
+        if fmt in ("csv", "tsv"):
+            return _CsvReader(path, batch_size, "\t" if fmt == "tsv" else ",")
+        return _JsonLinesReader(path, batch_size)
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError, EOFError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ScoringError(f"{path}: cannot read it as {fmt}: {exc}") from None
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+class _Writer:
+    """Writes batches to a temporary file beside ``path``; :meth:`commit` moves it into place."""
+
+    def __init__(self, path: Path, fmt: str, schema: pa.Schema) -> None:
+        self.path = path
+        directory = path.parent if str(path.parent) else Path(".")
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
+        os.close(fd)
+        self.temp = Path(name)
+        try:
+            if fmt == "parquet":
+                self._writer: Any = pq.ParquetWriter(self.temp, schema, compression="snappy")
+            else:
+                self._writer = pacsv.CSVWriter(self.temp, schema)
+        except BaseException:
+            self.temp.unlink(missing_ok=True)
+            raise
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+
+    def commit(self) -> None:
+        self._writer.close()
+        with open(self.temp, "rb") as f:
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.temp, 0o666 & ~mask)  # mkstemp made it private; give it the usual mode
+        os.replace(self.temp, self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self.temp.unlink(missing_ok=True)
+
+
+# -- a whole file ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    tally: Tally = field(default_factory=Tally)
+    batches: int = 0
+
+
+def score_file(
+    ko: KnowledgeObject,
+    function: str,
+    input_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    mapping: Mapping[str, str] | None = None,
+    units: Mapping[str, str] | None = None,
+    keep: Sequence[str] = (),
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    input_format: str | None = None,
+    output_format: str | None = None,
+    progress: Progress | None = None,
+    on_batch: Callable[[Tally], None] | None = None,
+) -> ScoreSummary:
+    """Score every row of ``input_path`` into ``output_path``; see the module docstring.
+
+    ``on_batch`` is called with the running counts after each batch is written. Raises
+    :class:`MappingError` when the columns do not fit the function and :class:`ScoringError`
+    when the input cannot be read; the output is then left as it was.
+    """
+    source, target = Path(input_path), Path(output_path)
+    if batch_size < 1:
+        raise ScoringError(f"batch size must be at least 1, got {batch_size}")
+    in_fmt = input_format or detect_format(source, INPUT_FORMATS)
+    out_fmt = output_format or detect_format(target, OUTPUT_FORMATS)
+    if in_fmt not in INPUT_FORMATS or out_fmt not in OUTPUT_FORMATS:
+        raise MappingError(f"formats: input one of {INPUT_FORMATS}, output one of {OUTPUT_FORMATS}")
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise MappingError(f"the output {target} is the input; write somewhere else")
+    started = time.perf_counter()
+    reader = _open_reader(source, in_fmt, batch_size)
+    run = _Run()
+    try:
+        scorer = BatchScorer(
+            ko, function, reader.schema, mapping=mapping, units=units, keep=keep, warnings_as_text=out_fmt == "csv"
+        )
+        if out_fmt == "csv" and any(o.type == "tensor" for o in scorer.outputs):
+            raise MappingError(f"{ko.ref} {function} has tensor outputs; write Parquet, not CSV")
+        writer = _Writer(target, out_fmt, scorer.output_schema)
+        try:
+            for batch, row_errors in reader.batches(scorer.needed):
+                scored = scorer.score(batch, row_errors)
+                writer.write(scored)
+                run.tally.add(BatchScorer.tally(scored))
+                run.batches += 1
+                if progress is not None:
+                    progress.update(run.tally, reader.fraction())
+                if on_batch is not None:
+                    on_batch(run.tally)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+    finally:
+        reader.close()
+        if progress is not None:
+            progress.close()
+    return ScoreSummary(run.tally, time.perf_counter() - started, target, run.batches)
