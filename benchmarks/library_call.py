@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 import kgrid_py
 from kgrid_py.metadata import FieldSpec
@@ -52,12 +53,13 @@ def main() -> None:
     ko = kgrid_py.load(args.ref, shelf=args.shelf)
     spec = ko.function(args.function)
     rng = np.random.default_rng(2026)
-    columns = {f.name: _sample(f, args.rows, rng) for f in spec.inputs}
-    one = {name: (col[0].item() if hasattr(col[0], "item") else col[0]) for name, col in columns.items()}
+    sampled = {f.name: _sample(f, args.rows, rng) for f in spec.inputs}
+    one = {name: (col[0].item() if hasattr(col[0], "item") else col[0]) for name, col in sampled.items()}
+    columns = pa.table(sampled)  # as a Parquet extract arrives
     prepared = ko._function(args.function)
     session = prepared.session.session
     feeds_one, _ = prepared.plan.prepare_one(one)
-    batch_feeds = prepared.plan.prepare_batch(columns, args.rows).feeds
+    batch_feeds = prepared.plan.prepare_batch(sampled, args.rows).feeds  # raw gets ready arrays
     outputs = prepared.output_graph_names
 
     ko.call(args.function, one)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kgrid_py.errors import FieldError, InputError
 from kgrid_py.metadata import Bounds, FieldSpec, FunctionSpec
@@ -50,6 +52,7 @@ class FieldPlan:
         self.unit = spec.unit
         self.declared_units = [(u.unit, u.factor) for u in spec.accepted_units]
         self.enum_index = {label: float(i) for i, label in enumerate(spec.enum or [])}
+        self.enum_values = pa.array(spec.enum or [], type=pa.string())
         self.hard = spec.hard_bounds
         self.population = spec.population_bounds
         self.default = spec.default
@@ -287,6 +290,8 @@ class FunctionPlan:
         fast = _vectorised(plan, column, factor)
         if fast is not None:
             return fast
+        if isinstance(column, pa.Array | pa.ChunkedArray):
+            column = column.to_pylist()
         n = len(column)
         bad: dict[int, FieldError] = {}
         if plan.kind == "tensor":
@@ -357,17 +362,26 @@ def _vectorised(plan: FieldPlan, column: Any, factor: float) -> tuple[np.ndarray
             return None
         return array.astype(np.float64), {}
     if plan.kind == "enum":
-        array = np.asarray(column)
-        if array.dtype.kind not in "UO" or array.ndim != 1:
+        try:  # Arrow's hash lookup beats one numpy comparison per label
+            strings = _as_arrow_strings(column)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
             return None
-        codes = np.full(len(array), -1.0)
-        for label, index in plan.enum_index.items():
-            codes[array == label] = index
-        unmatched = codes < 0
-        if unmatched.any():
+        if strings is None:
+            return None
+        codes = pc.index_in(strings, value_set=plan.enum_values)
+        if codes.null_count:
             return None  # defaults, None and bad labels: the row path explains each one
-        return codes, {}
+        return codes.to_numpy().astype(np.float64), {}
     return None
+
+
+def _as_arrow_strings(column: Any) -> pa.Array | pa.ChunkedArray | None:
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        return column.cast(pa.string()) if column.type != pa.string() else column
+    array = column if isinstance(column, np.ndarray) else np.asarray(column, dtype=object)
+    if array.ndim != 1 or array.dtype.kind not in "UO":
+        return None
+    return pa.array(array, type=pa.string())
 
 
 def _as_float_array(column: Any) -> np.ndarray | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pydantic import ValidationError
 
 from kgrid_py.digest import canonical_json, sha256_bytes, sha256_file
@@ -88,9 +89,7 @@ class BatchResult(Mapping[str, np.ndarray]):
     def n_rows(self) -> int:
         return len(self.errors)
 
-    def to_arrow(self) -> Any:
-        import pyarrow as pa
-
+    def to_arrow(self) -> pa.Table:
         data: dict[str, Any] = {name: pa.array(col) for name, col in self.columns.items()}
         data["error"] = pa.array(self.errors, type=pa.string())
         data["warnings"] = pa.array(self.warnings, type=pa.list_(pa.string()))
@@ -318,14 +317,14 @@ def _column(spec: OutputSpec, array: np.ndarray | None, valid: np.ndarray) -> np
 
 def _columns_of(table: Any) -> tuple[dict[str, Any], int]:
     """Columns and row count of a dict of columns, a pyarrow Table or a pandas DataFrame."""
-    if hasattr(table, "column_names") and hasattr(table, "to_pydict"):  # pyarrow.Table / RecordBatch
+    if isinstance(table, pa.Table | pa.RecordBatch):
         columns = {}
         for name in table.column_names:
             col = table.column(name)
-            try:
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type):
+                columns[name] = col  # labels stay in Arrow: enum lookup happens there
+            else:
                 columns[name] = col.to_numpy(zero_copy_only=False)
-            except Exception:
-                columns[name] = col.to_pylist()
         return columns, table.num_rows
     if hasattr(table, "columns") and hasattr(table, "to_numpy") and hasattr(table, "index"):  # pandas
         return {str(name): table[name].to_numpy() for name in table.columns}, len(table.index)

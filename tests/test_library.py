@@ -173,3 +173,21 @@ def test_public_api_is_sorted_and_complete() -> None:
     assert kgrid_py.__all__ == sorted(kgrid_py.__all__)
     for name in kgrid_py.__all__:
         assert hasattr(kgrid_py, name), name
+
+
+def test_arrow_table_with_bad_and_missing_labels(demo_shelf: Path) -> None:
+    ko = kgrid_py.load("demo-bmi", shelf=demo_shelf)
+    table = pa.table(
+        {
+            "weight": [70.0, 80.0, 90.0],
+            "height": [1.75, 1.8, 1.7],
+            "sex": pa.array(["female", "unknown", None]).dictionary_encode(),
+            "smoker": pa.array([True, None, False]),
+            "age": [40, 50, 60],
+        }
+    )
+    out = ko.call_batch("bmi", table)
+    assert out.errors[0] is None
+    assert "sex: must be one of female, male" in out.errors[1]
+    assert out.errors[2] == "sex: is missing"
+    assert out["adjusted"][0] == pytest.approx(70 / 1.75**2 + 0.5)

@@ -60,7 +60,7 @@ class Site:
     mu_wm: float
     mu_csf: float
     blur: float  # Gaussian sigma in grid voxels; 0 means none
-    bias: float  # SD of the log bias field
+    bias: float  # SD of the log of the site's fixed bias field
     gamma: float
     gain: float
     offset: float
@@ -228,7 +228,7 @@ def _scan(site: Site, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, rng: np.r
     image = site.mu_gm * gm + site.mu_wm * wm + site.mu_csf * csf
     if site.blur > 0:
         image = ndimage.gaussian_filter(image, site.blur, mode="nearest")
-    image = image * np.exp(site.bias * _bias_field(rng))
+    image = image * np.exp(site.bias * _bias_field(site.name))
     image = np.maximum(image, 0.0) ** site.gamma
     image = site.gain * image + site.offset
     real = image + rng.normal(0.0, site.noise, size=GRID_SHAPE)
@@ -236,8 +236,14 @@ def _scan(site: Site, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, rng: np.r
     return np.sqrt(real**2 + imaginary**2).astype(np.float32)
 
 
-def _bias_field(rng: np.random.Generator) -> np.ndarray:
-    """A smooth field with unit SD: a random quadratic polynomial of position."""
+@functools.cache
+def _bias_field(site: str) -> np.ndarray:
+    """The site's coil sensitivity, fixed per scanner: a quadratic polynomial of position, unit SD.
+
+    Fixed rather than drawn per subject, so it is a systematic site difference that a
+    classifier trained on one site has never seen.
+    """
+    rng = np.random.default_rng(list(site.encode()))
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in GRID_SHAPE), indexing="ij")
     terms = np.stack([x, y, z, x * y, x * z, y * z, x**2, y**2, z**2])
     field = np.tensordot(rng.normal(size=len(terms)), terms, axes=1)
