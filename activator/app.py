@@ -1,0 +1,231 @@
+"""``create_app(settings)``: the activator's routes, middleware and error table, in one place.
+
+The lifespan builds everything a request needs (the registry of loaded KOs, metrics, the thread
+limiter inference runs under) and hands it to requests as state; nothing lives in module globals.
+It loads the shelf in the background, so ``/health`` answers at once and ``/ready`` once loaded,
+and, with ``watch``, polls the shelf and reloads when a KO folder changes.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from activator import oip, routes_kgrid
+from activator.docs import docs_page
+from activator.http import State, json_response, parse_json, read_body, state_of
+from activator.metrics import CONTENT_TYPE_LATEST, Metrics
+from activator.middleware import RequestContext
+from activator.openapi import combined_spec
+from activator.problems import Problem, exception_handlers
+from activator.registry import Registry
+from activator.settings import Settings
+from kgrid_py.runtime import RuntimeSettings
+
+__all__ = ["app_from_env", "configure_logging", "create_app"]
+
+log = logging.getLogger("activator")
+
+
+# -- service routes --------------------------------------------------------------------------------
+
+
+async def root(request: Request) -> Response:
+    return json_response(
+        {
+            "name": "kgrid-py activator",
+            "links": {
+                "health": "/health",
+                "ready": "/ready",
+                "metrics": "/metrics",
+                "kos": "/kos",
+                "openapi": "/openapi.json",
+                "docs": "/docs",
+                "call (KGrid 1.x)": "/{id}/{version}/{endpoint}",
+                "call (KGrid 2.0)": "/endpoints/{id}/{endpoint}?v={version-or-range}",
+                "open inference protocol": "/v2",
+            },
+        }
+    )
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "live"})
+
+
+async def ready(request: Request) -> Response:
+    registry = state_of(request).registry
+    if not registry.ready:
+        raise Problem(503, "the shelf is still loading", headers={"Retry-After": "1"})
+    snapshot = registry.current
+    return json_response(
+        {
+            "status": "ready",
+            "generation": snapshot.generation,
+            "served": [f"{e.ko_id}@{e.version}" for e, _ in snapshot.served()],
+            "failed": [f.as_dict() for f in snapshot.failed],
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(combined_spec(routes_kgrid.snapshot_of(request)))
+
+
+async def admin_reload(request: Request) -> Response:
+    state = state_of(request)
+    token = state.settings.admin_token
+    if not token:
+        raise Problem(403, "reloading over HTTP is disabled: start the server with --admin-token")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Problem(401, "send Authorization: Bearer <admin token>", headers={"WWW-Authenticate": "Bearer"})
+    snapshot = await reload(state)
+    signal = state.settings.reload_signal
+    if signal is not None:  # the other workers of this server reload too
+        await anyio.Path(signal).write_text(str(time.time_ns()))
+    return json_response(
+        {
+            "generation": snapshot.generation,
+            "served": [f"{e.ko_id}@{e.version}" for e, _ in snapshot.served()],
+            "failed": [f.as_dict() for f in snapshot.failed],
+        }
+    )
+
+
+async def bench_echo(request: Request) -> Response:
+    """Parse JSON and return it on the same stack as a KO call: the benchmark's baseline."""
+    body = parse_json(await read_body(request, state_of(request).settings.max_body_bytes))
+    return json_response({"result": body, "info": {"request_id": request.scope.get("request_id")}})
+
+
+# -- loading and watching ----------------------------------------------------------------------------
+
+
+async def reload(state: State) -> Any:
+    snapshot = await anyio.to_thread.run_sync(state.registry.reload)
+    served = sum(1 for _ in snapshot.served())
+    state.metrics.served.set(served)
+    state.metrics.failed.set(len(snapshot.failed))
+    state.metrics.generation.set(snapshot.generation)
+    return snapshot
+
+
+async def _load_then_watch(state: State) -> None:
+    settings = state.settings
+    try:
+        await reload(state)
+    except Exception:
+        log.exception("could not load the shelf %s", settings.shelf)
+    seen = await anyio.to_thread.run_sync(state.registry.signature)
+    signal = settings.reload_signal
+    last_signal = _read(signal)
+    while settings.watch or signal is not None:
+        await anyio.sleep(settings.watch_interval)
+        try:
+            current_signal = _read(signal)
+            if current_signal != last_signal:
+                last_signal = current_signal
+                await reload(state)
+                continue
+            if not settings.watch:
+                continue
+            now = await anyio.to_thread.run_sync(state.registry.signature)
+            if now == seen:
+                continue
+            # Something changed: wait until the folder stops changing, so a half-copied KO is not loaded.
+            await anyio.sleep(min(settings.watch_interval, 0.25))
+            settled = await anyio.to_thread.run_sync(state.registry.signature)
+            if settled != now:
+                continue
+            log.info("shelf changed; reloading")
+            await reload(state)
+            seen = settled
+        except Exception:  # keep watching: one bad pass must not stop reloads for good
+            log.exception("watching the shelf %s failed", settings.shelf)
+
+
+def _read(path: Any) -> str | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.read()
+    except OSError:
+        return None
+
+
+# -- the app -------------------------------------------------------------------------------------------
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The activator as an ASGI app over ``settings.shelf``."""
+    settings = settings or Settings.from_env()
+    metrics_ = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        runtime = RuntimeSettings(intra_op_threads=settings.ort_threads, inter_op_threads=1)
+        state = State(
+            settings=settings,
+            registry=Registry(settings.shelf, runtime, verify_vectors=settings.verify_vectors),
+            metrics=metrics_,
+            limiter=anyio.CapacityLimiter(settings.inference_threads),
+        )
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_load_then_watch, state)
+            yield {"activator": state}
+            tasks.cancel_scope.cancel()
+
+    routes = [
+        Route("/", root, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs_page, methods=["GET"]),
+        Route("/admin/reload", admin_reload, methods=["POST"]),
+        *([Route("/_bench/echo", bench_echo, methods=["POST"])] if settings.bench_echo else []),
+        *routes_kgrid.routes,
+        *oip.routes,
+        routes_kgrid.call_route,  # last: /{id}/{version}/{endpoint} would shadow fixed routes
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestContext, metrics=metrics_, access_log=settings.access_log)],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One handler for the activator's loggers (uvicorn configures only its own)."""
+    logger = logging.getLogger("activator")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = False
+
+
+def app_from_env() -> Starlette:
+    """The factory uvicorn's worker processes call (``--workers N``): settings from the environment."""
+    configure_logging()
+    return create_app(Settings.from_env())

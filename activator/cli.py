@@ -1,0 +1,88 @@
+"""``kgrid serve``: run the activator over a shelf with uvicorn (registered as a kgrid plugin command)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from activator.settings import ENV_VAR, Settings
+
+__all__ = ["serve"]
+
+
+@click.command()
+@click.argument(
+    "shelf",
+    required=False,
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="KGRID_SHELF",
+    default="knowledge_objects",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
+@click.option(
+    "--inference-threads", default=4, show_default=True, type=click.IntRange(1, 256),
+    help="Threads per worker that run inference, off the event loop.",
+)  # fmt: skip
+@click.option(
+    "--ort-threads", default=1, show_default=True, type=click.IntRange(1, 256),
+    help="ONNX Runtime intra-op threads per session.",
+)  # fmt: skip
+@click.option("--admin-token", envvar="KGRID_ADMIN_TOKEN", default=None, help="Enables POST /admin/reload.")
+@click.option(
+    "--max-body-bytes", default=1_048_576, show_default=True, type=click.IntRange(1), help="Largest request body."
+)
+@click.option("--watch/--no-watch", default=True, show_default=True, help="Reload when the shelf changes.")
+@click.option("--verify-vectors/--no-verify-vectors", default=True, show_default=True, help="Test KOs before serving.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log one line per request.")
+@click.option("--bench-echo", is_flag=True, hidden=True, help="Serve /_bench/echo for the HTTP benchmark.")
+def serve(
+    shelf: Path,
+    host: str,
+    port: int,
+    workers: int,
+    inference_threads: int,
+    ort_threads: int,
+    admin_token: str | None,
+    max_body_bytes: int,
+    watch: bool,
+    verify_vectors: bool,
+    access_log: bool,
+    bench_echo: bool,
+) -> None:
+    """Serve every KO version on SHELF over HTTP (default: $KGRID_SHELF, else ./knowledge_objects)."""
+    import uvicorn
+
+    from activator.app import configure_logging
+
+    if not shelf.is_dir():
+        raise click.BadParameter(f"no shelf folder at {shelf}", param_hint="SHELF")
+    signal = Path(tempfile.mkdtemp(prefix="kgrid-serve-")) / "reload" if workers > 1 else None
+    settings = Settings(
+        shelf=shelf.resolve(),
+        admin_token=admin_token,
+        max_body_bytes=max_body_bytes,
+        inference_threads=inference_threads,
+        ort_threads=ort_threads,
+        watch=watch,
+        verify_vectors=verify_vectors,
+        reload_signal=signal,
+        bench_echo=bench_echo,
+        access_log=access_log,
+    )
+    os.environ[ENV_VAR] = settings.to_env()  # worker processes read their settings from here
+    configure_logging()
+    click.echo(f"serving {settings.shelf} on http://{host}:{port} ({workers} worker(s))", err=True)
+    uvicorn.run(
+        "activator.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # the activator logs each request itself, with its request id
+        log_level="info",
+    )

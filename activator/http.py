@@ -1,0 +1,105 @@
+"""Request plumbing the routes share: strict JSON bodies, size limits, responses, the app's state."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+
+from activator.metrics import Metrics
+from activator.problems import Problem
+from activator.registry import Registry
+from activator.settings import Settings
+
+__all__ = ["State", "json_response", "parse_json", "read_body", "require_json", "state_of"]
+
+
+@dataclass
+class State:
+    """What the lifespan builds and every request sees as ``request.state.activator``."""
+
+    settings: Settings
+    registry: Registry
+    metrics: Metrics
+    limiter: anyio.CapacityLimiter
+
+
+def state_of(request: Request) -> State:
+    return request.state.activator  # type: ignore[no-any-return]
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (``application/json`` or ``application/*+json``)."""
+    content_type = request.headers.get("content-type")
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    shown = repr(content_type) if content_type else "none"
+    raise Problem(415, f"send the inputs as application/json (the request's Content-Type was {shown})")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) anything over ``limit`` bytes before reading past it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem(413, f"the body is {declared} bytes; this server takes at most {limit}", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, f"the body is over {limit} bytes, the most this server takes", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (RFC 8259 has no NaN or Infinity); send a number")
+
+
+def _parse_int(text: str) -> int | float:
+    # Integers too big for a double would overflow float() later; as floats they become inf, which
+    # input validation reports as not finite (422) instead of crashing.
+    return int(text) if len(text) <= 18 else float(text)
+
+
+def parse_json(body: bytes) -> Any:
+    """Strict JSON (no NaN/Infinity): a 400 problem naming what is wrong, never an exception."""
+    if not body.strip():
+        raise Problem(400, "the body is empty; send a JSON object of inputs, or an array of them")
+    try:
+        return json.loads(body, parse_constant=_reject_constant, parse_int=_parse_int)
+    except UnicodeDecodeError:
+        raise Problem(400, "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise Problem(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except ValueError as exc:
+        raise Problem(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise Problem(400, "malformed JSON: nested too deeply") from None
+
+
+def json_response(
+    content: Any, status: int = 200, headers: dict[str, str] | None = None, media_type: str = "application/json"
+) -> Response:
+    """A JSON response; a non-finite number (a model's NaN) becomes null rather than a crash."""
+    try:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        text = json.dumps(_finite(content), ensure_ascii=False, separators=(",", ":"))
+    return Response(text, status_code=status, headers=headers, media_type=media_type)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

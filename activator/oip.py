@@ -1,0 +1,329 @@
+"""The Open Inference Protocol v2 (Triton, KServe, MLServer), so their clients work against us.
+
+One model per KO function, named ``{id}.{endpoint}``; its versions are the KO's served versions.
+Each KO input is an input tensor of shape [N] (FP64 numbers, INT64 integers, BOOL, BYTES for
+enums; a tensor input is [N, *shape]); each output an output tensor. Tensors come as JSON
+``data`` or through the binary tensor data extension (``Inference-Header-Content-Length``), which
+tritonclient uses by default. A batch with any bad row is refused whole (400, every bad row
+named): the protocol has no per-row errors. Errors are problem+json with the protocol's
+``error`` member added, which is what OIP clients read.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from typing import Any
+
+import anyio
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from activator.http import json_response, parse_json, read_body, state_of
+from activator.problems import Problem
+from activator.registry import Snapshot
+from activator.routes_kgrid import _resolve, _servable, snapshot_of
+from kgrid_py import __version__
+from kgrid_py.errors import InputError
+from kgrid_py.ko import KnowledgeObject
+from kgrid_py.metadata import FieldSpec, FunctionSpec, OutputSpec
+
+__all__ = ["routes"]
+
+_NUMERIC = {
+    "FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "i1",
+    "UINT64": "<u8", "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1",
+}  # fmt: skip
+_ACCEPTS = {
+    "number": set(_NUMERIC),
+    "integer": set(_NUMERIC),
+    "boolean": {"BOOL"},
+    "enum": {"BYTES"},
+    "tensor": set(_NUMERIC) | {"BOOL"},
+}
+_TENSOR_TYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "bool": "BOOL"}
+
+
+def _oip_problem(status: int, message: str) -> Problem:
+    return Problem(status, message, error=message)
+
+
+def _input_datatype(spec: FieldSpec) -> str:
+    if spec.type == "tensor":
+        return _TENSOR_TYPES[spec.dtype or "float64"]
+    return {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "enum": "BYTES"}[spec.type]
+
+
+def _output_datatype(spec: OutputSpec) -> str:
+    return {"number": "FP64", "integer": "INT64", "boolean": "BOOL", "enum": "BYTES", "tensor": "FP64"}[spec.type]
+
+
+def _shape(spec: FieldSpec | OutputSpec) -> list[int]:
+    return [-1, *(spec.shape or [])] if spec.type == "tensor" else [-1]
+
+
+def _model(request: Request) -> tuple[Snapshot, KnowledgeObject, str]:
+    """The KO and function a model name (and optional version) names; OIP errors otherwise."""
+    snapshot = snapshot_of(request)
+    name = request.path_params["name"]
+    ko_id, dot, endpoint = name.partition(".")
+    if not dot:
+        models = [f"{ko.id}.{f}" for _, ko in snapshot.served() for f in ko.functions]
+        raise Problem(
+            404, f"no model {name!r}: models are named id.endpoint", error=f"no model {name!r}",
+            available=sorted(set(models)),
+        )  # fmt: skip
+    try:
+        entry = _resolve(snapshot, ko_id, request.path_params.get("version"))
+        ko = _servable(snapshot, entry, endpoint)
+    except Problem as problem:
+        problem.extensions.setdefault("error", problem.detail)
+        raise
+    if endpoint not in ko.functions:
+        raise Problem(404, f"{ko.ref} has no endpoint {endpoint!r}", error=f"no model {name!r}", available=ko.functions)
+    return snapshot, ko, endpoint
+
+
+async def server_metadata(request: Request) -> Response:
+    return json_response({"name": "kgrid-py activator", "version": __version__, "extensions": ["binary_tensor_data"]})
+
+
+async def live(request: Request) -> Response:
+    return Response(status_code=200)
+
+
+async def ready(request: Request) -> Response:
+    ok = state_of(request).registry.ready
+    return Response(status_code=200 if ok else 503)
+
+
+async def model_metadata(request: Request) -> Response:
+    snapshot, ko, endpoint = _model(request)
+    spec = ko.function(endpoint)
+    versions = [e.version for e, _ in snapshot.served() if e.ko_id == ko.id]
+    return json_response(
+        {
+            "name": f"{ko.id}.{endpoint}",
+            "versions": versions,
+            "platform": "kgrid_onnx",
+            "inputs": [{"name": f.name, "datatype": _input_datatype(f), "shape": _shape(f)} for f in spec.inputs],
+            "outputs": [{"name": o.name, "datatype": _output_datatype(o), "shape": _shape(o)} for o in spec.outputs],
+        }
+    )
+
+
+async def model_ready(request: Request) -> Response:
+    _model(request)
+    return Response(status_code=200)
+
+
+# -- infer ---------------------------------------------------------------------------------------
+
+
+def _split_body(request: Request, body: bytes) -> tuple[dict[str, Any], bytes]:
+    header = request.headers.get("inference-header-content-length")
+    if header is None:
+        media = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
+        if media not in ("application/json", "application/octet-stream", ""):
+            raise Problem(415, f"send application/json (or binary tensors per the extension), not {media!r}",
+                          error=f"unsupported content type {media!r}")  # fmt: skip
+        head, rest = body, b""
+    else:
+        if not header.isdigit() or int(header) > len(body):
+            raise _oip_problem(
+                400, f"Inference-Header-Content-Length {header!r} does not fit the {len(body)}-byte body"
+            )
+        head, rest = body[: int(header)], body[int(header) :]
+    try:
+        request_json = parse_json(head)
+    except Problem as problem:
+        raise _oip_problem(400, problem.detail) from None
+    if not isinstance(request_json, dict) or not isinstance(request_json.get("inputs"), list):
+        raise _oip_problem(400, 'an inference request is a JSON object with an "inputs" list')
+    return request_json, rest
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _decode_bytes(raw: bytes) -> list[str]:
+    out, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise ValueError("truncated BYTES element")
+        (size,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + size > len(raw):
+            raise ValueError("truncated BYTES element")
+        out.append(raw[offset : offset + size].decode("utf-8"))
+        offset += size
+    return out
+
+
+def _columns(spec: FunctionSpec, request_json: dict[str, Any], binary: bytes) -> tuple[dict[str, Any], int]:
+    """Input tensors as the columns ``call_batch`` takes, checked against the function."""
+    fields = {f.name: f for f in spec.inputs}
+    columns: dict[str, Any] = {}
+    rows: int | None = None
+    offset = 0
+    for tensor in request_json["inputs"]:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise _oip_problem(400, "each input is an object with name, shape, datatype and data")
+        name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+        field = fields.get(name)
+        if field is None:
+            raise _oip_problem(400, f"unexpected input {name!r}; inputs are {', '.join(fields)}")
+        if datatype not in _ACCEPTS[field.type]:
+            raise _oip_problem(400, f"input {name!r} has datatype {datatype!r}; expected {_input_datatype(field)}")
+        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise _oip_problem(400, f"input {name!r} needs a shape: a list of non-negative integers")
+        item_shape = list(field.shape or []) if field.type == "tensor" else []
+        if shape[1:] != item_shape:
+            raise _oip_problem(400, f"input {name!r} has shape {shape}; expected {[-1, *item_shape]}")
+        count = int(np.prod(shape))
+        parameters = tensor.get("parameters") or {}
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        try:
+            if size is not None:
+                if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                    raise ValueError(f"binary_data_size {size!r} runs past the body")
+                raw = binary[offset : offset + size]
+                offset += size
+                if datatype == "BYTES":
+                    values: Any = _decode_bytes(raw)
+                elif datatype == "BOOL":
+                    values = np.frombuffer(raw, dtype=np.bool_)
+                else:
+                    values = np.frombuffer(raw, dtype=_NUMERIC[datatype])
+            elif "data" in tensor:
+                values = _flatten(tensor["data"])
+                if datatype in _NUMERIC:
+                    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+                        raise ValueError(f"{datatype} data must be numbers")
+                    values = np.asarray(values, dtype=np.float64)
+            else:
+                raise ValueError("no data and no binary_data_size")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _oip_problem(400, f"input {name!r}: {exc}") from None
+        if len(values) != count:
+            raise _oip_problem(400, f"input {name!r}: shape {shape} needs {count} values, got {len(values)}")
+        if field.type == "tensor":
+            values = np.asarray(values).reshape(shape)
+        elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":
+            values = values.astype(np.float64)
+        if rows is not None and shape[0] != rows:
+            raise _oip_problem(400, f"input {name!r} has {shape[0]} rows; other inputs have {rows}")
+        rows = shape[0]
+        columns[name] = values
+    if rows is None:
+        raise _oip_problem(400, "no inputs given")
+    return columns, rows
+
+
+def _encode(spec: OutputSpec, column: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
+    datatype = _output_datatype(spec)
+    shape = list(column.shape)
+    tensor: dict[str, Any] = {"name": spec.name, "datatype": datatype, "shape": shape}
+    if datatype == "BYTES":
+        labels = [str(v).encode() for v in column.ravel()]
+        raw = b"".join(struct.pack("<I", len(b)) + b for b in labels) if binary else None
+        data: Any = [b.decode() for b in labels]
+    elif datatype == "BOOL":
+        array = np.asarray(column, dtype=np.bool_)
+        raw, data = (array.tobytes(), None) if binary else (None, array.ravel().tolist())
+    elif datatype == "INT64":
+        array = np.asarray(column, dtype="<i8")
+        raw, data = (array.tobytes(), None) if binary else (None, array.ravel().tolist())
+    else:
+        array = np.asarray(column, dtype="<f8")
+        raw, data = (array.tobytes(), None) if binary else (None, array.ravel().tolist())
+    if binary:
+        tensor["parameters"] = {"binary_data_size": len(raw or b"")}
+        return tensor, raw
+    tensor["data"] = data
+    return tensor, None
+
+
+async def infer(request: Request) -> Response:
+    state = state_of(request)
+    _, ko, endpoint = _model(request)
+    spec = ko.function(endpoint)
+    body = await read_body(request, state.settings.max_body_bytes)
+    request_json, binary = _split_body(request, body)
+    columns, rows = _columns(spec, request_json, binary)
+    wanted = request_json.get("outputs")
+    outputs = {o.name: o for o in spec.outputs}
+    parameters = request_json.get("parameters") if isinstance(request_json.get("parameters"), dict) else {}
+    binary_all = bool(parameters.get("binary_data_output", False))
+    chosen: list[tuple[OutputSpec, bool]] = []
+    if wanted is None:
+        chosen = [(o, binary_all) for o in spec.outputs]
+    elif isinstance(wanted, list):
+        for item in wanted:
+            if not isinstance(item, dict) or item.get("name") not in outputs:
+                raise _oip_problem(400, f"unknown output {item!r}; outputs are {', '.join(outputs)}")
+            params = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
+            chosen.append((outputs[item["name"]], bool(params.get("binary_data", binary_all))))
+    else:
+        raise _oip_problem(400, '"outputs" must be a list')
+    started = time.perf_counter()
+    try:
+        batch = await anyio.to_thread.run_sync(ko.call_batch, endpoint, columns, limiter=state.limiter)
+    except InputError as exc:
+        state.metrics.observe_call(ko.id, ko.version, f"oip:{endpoint}", time.perf_counter() - started, rows, 400)
+        raise _oip_problem(400, f"invalid input for {ko.ref} {endpoint}: {exc}") from None
+    bad = [f"row {i}: {error}" for i, error in enumerate(batch.errors) if error]
+    status = 400 if bad else 200
+    state.metrics.observe_call(ko.id, ko.version, f"oip:{endpoint}", time.perf_counter() - started, rows, status)
+    if bad:
+        raise _oip_problem(400, f"invalid input for {ko.ref} {endpoint}: " + "; ".join(bad[:20]))
+    tensors, buffers = [], []
+    for out_spec, as_binary in chosen:
+        tensor, raw = _encode(out_spec, batch.columns[out_spec.name], as_binary)
+        tensors.append(tensor)
+        if raw is not None:
+            buffers.append(raw)
+    answer: dict[str, Any] = {"model_name": f"{ko.id}.{endpoint}", "model_version": ko.version, "outputs": tensors}
+    if isinstance(request_json.get("id"), str):
+        answer["id"] = request_json["id"]
+    warnings = [f"row {i}: {w}" for i, row in enumerate(batch.warnings) for w in row]
+    answer["parameters"] = {"content_digest": ko.content_digest, "request_id": request.scope.get("request_id", "")}
+    if warnings:
+        answer["parameters"]["warnings"] = "; ".join(warnings)
+    if not buffers:
+        return json_response(answer)
+    head = json.dumps(answer, separators=(",", ":"), allow_nan=True).encode()
+    return Response(
+        head + b"".join(buffers),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
+
+
+routes = [
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/health/live", live, methods=["GET"]),
+    Route("/v2/health/ready", ready, methods=["GET"]),
+    Route("/v2/models/{name}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+    Route("/v2/models/{name}/versions/{version}", model_metadata, methods=["GET"]),
+    Route("/v2/models/{name}/versions/{version}/ready", model_ready, methods=["GET"]),
+    Route("/v2/models/{name}/versions/{version}/infer", infer, methods=["POST"]),
+]

@@ -1,0 +1,256 @@
+"""KGrid-style routes: list KOs, read their metadata and service, and call their functions.
+
+Both KGrid route styles reach one handler: ``POST /{id}/{version}/{endpoint}`` (1.x; a major-only
+version such as ``1`` picks the highest 1.x.y) and ``POST /endpoints/{id}/{endpoint}`` (2.0;
+``?v=`` pins a version or range, else the highest active version).
+
+A body that is a JSON array is a batch: every item is answered, in order, and a bad item gets its
+own error entry (``info.errors[i]``) instead of failing the others, so a batch is 200 whenever it
+is well-formed JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from activator.http import json_response, parse_json, read_body, require_json, state_of
+from activator.problems import Problem
+from activator.registry import Snapshot
+from kgrid_py.errors import InputError, NotFound
+from kgrid_py.ko import CallResult, KnowledgeObject
+from kgrid_py.openapi import service_spec
+from kgrid_py.shelf import InvalidReference, Reference, ShelfEntry
+
+__all__ = ["RESERVED", "call_address", "routes", "snapshot_of"]
+
+# First path segments that belong to the activator, so a KO id cannot shadow them.
+RESERVED = frozenset(
+    {"kos", "endpoints", "v2", "admin", "health", "ready", "metrics", "docs", "openapi.json", "_bench"}
+)
+
+
+def snapshot_of(request: Request) -> Snapshot:
+    state = state_of(request)
+    if not state.registry.ready:
+        raise Problem(503, "the shelf is still loading; try again shortly", headers={"Retry-After": "1"})
+    return state.registry.current
+
+
+def call_address(entry: ShelfEntry, endpoint: str | None = None) -> str:
+    base = f"/{entry.ko_id}/{entry.version}"
+    return f"{base}/{endpoint}" if endpoint else base
+
+
+def _resolve(snapshot: Snapshot, ko_id: str, spec: str | None, *, from_query: bool = False) -> ShelfEntry:
+    try:
+        return snapshot.resolve(ko_id, spec)
+    except InvalidReference as exc:
+        if from_query:
+            raise Problem(400, f"?v= {exc}") from None
+        if ko_id not in snapshot.ids:
+            raise Problem(404, f"no KO {ko_id!r}", available=snapshot.ids) from None
+        raise Problem(404, f"{ko_id} has no version {spec!r}", available=snapshot.listing(ko_id)) from None
+    except NotFound as exc:
+        raise Problem(404, Exception.__str__(exc), available=exc.available) from None
+
+
+def _servable(snapshot: Snapshot, entry: ShelfEntry, endpoint: str | None = None) -> KnowledgeObject:
+    """The loaded KO for an entry: 410 if retired, 404 if a draft."""
+    if entry.status == "retired":
+        extensions: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        detail = f"{entry.ko_id} {entry.version} is retired"
+        if entry.successor:
+            address = _successor_address(snapshot, entry.successor, endpoint)
+            extensions["successor"] = entry.successor
+            detail += f"; use {entry.successor} instead"
+            if address:
+                extensions["successor_address"] = address
+                headers["Link"] = f'<{address}>; rel="successor-version"'
+        raise Problem(410, detail, headers=headers, **extensions)
+    if entry.status == "draft":
+        raise Problem(
+            404,
+            f"{entry.ko_id} {entry.version} is a draft and is not served",
+            available=snapshot.listing(entry.ko_id),
+        )
+    return snapshot.ko(entry)
+
+
+def _successor_address(snapshot: Snapshot, successor: str, endpoint: str | None) -> str | None:
+    try:
+        reference = Reference.parse(successor)
+        entry = snapshot.resolve(reference.ko_id, reference.spec)
+    except (InvalidReference, NotFound):
+        return None
+    return call_address(entry, endpoint)
+
+
+def _minimal(request: Request) -> bool:
+    accept = request.headers.get("accept", "").replace(" ", "").replace('"', "")
+    return "profile=minimal" in accept
+
+
+def _run_batch(ko: KnowledgeObject, endpoint: str, items: list[Any]) -> list[CallResult | InputError]:
+    outcomes: list[CallResult | InputError] = []
+    for item in items:
+        try:
+            outcomes.append(ko.call(endpoint, item))
+        except InputError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *, from_query: bool) -> Response:
+    state = state_of(request)
+    snapshot = snapshot_of(request)
+    entry = _resolve(snapshot, ko_id, spec, from_query=from_query)
+    ko = _servable(snapshot, entry, endpoint)
+    if endpoint not in ko.functions:
+        raise Problem(404, f"{ko.ref} has no endpoint {endpoint!r}", available=ko.functions)
+    require_json(request)
+    inputs = parse_json(await read_body(request, state.settings.max_body_bytes))
+    request_id = request.scope.get("request_id")
+    info: dict[str, Any] = {
+        "id": ko.id,
+        "version": ko.version,
+        "endpoint": endpoint,
+        "status": entry.status,
+        "content_digest": ko.content_digest,
+        "request_id": request_id,
+    }
+    started = time.perf_counter()
+    status = 200
+    try:
+        if isinstance(inputs, list):
+            outcomes = await anyio.to_thread.run_sync(_run_batch, ko, endpoint, inputs, limiter=state.limiter)
+            result: Any = [o.result if isinstance(o, CallResult) else None for o in outcomes]
+            info["warnings"] = [o.warnings if isinstance(o, CallResult) else [] for o in outcomes]
+            info["errors"] = [[e.as_dict() for e in o.errors] if isinstance(o, InputError) else None for o in outcomes]
+        else:
+            try:
+                out = await anyio.to_thread.run_sync(ko.call, endpoint, inputs, limiter=state.limiter)
+            except InputError as exc:
+                status = 422
+                raise Problem(
+                    422,
+                    f"invalid input for {ko.ref} {endpoint}: {exc}",
+                    errors=exc.errors,
+                    id=ko.id,
+                    version=ko.version,
+                ) from None
+            result = out.result
+            info["warnings"] = out.warnings
+    finally:
+        state.metrics.observe_call(
+            ko.id, ko.version, endpoint, time.perf_counter() - started, len(inputs) if isinstance(inputs, list) else 1,
+            status,
+        )  # fmt: skip
+    headers = {}
+    if entry.status == "deprecated":
+        headers["Deprecation"] = "true"
+        newest = _successor_address(snapshot, ko.id, endpoint)
+        if newest and newest != call_address(entry, endpoint):
+            headers["Link"] = f'<{newest}>; rel="successor-version"'
+    if _minimal(request):
+        return json_response(result, headers=headers)
+    return json_response({"result": result, "info": info}, headers=headers)
+
+
+async def call_v1(request: Request) -> Response:
+    params = request.path_params
+    if params["ko_id"] in RESERVED:
+        raise Problem(405, f"{request.method} is not allowed on {request.url.path}", headers={"Allow": "GET"})
+    return await _call(request, params["ko_id"], params["version"], params["endpoint"], from_query=False)
+
+
+async def call_v2(request: Request) -> Response:
+    params = request.path_params
+    spec = request.query_params.get("v") or None
+    return await _call(request, params["ko_id"], spec, params["endpoint"], from_query=True)
+
+
+# -- listing -------------------------------------------------------------------------------------
+
+
+def _summary(snapshot: Snapshot, entry: ShelfEntry) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": entry.ko_id, "version": entry.version, "status": entry.status}
+    ko = snapshot.kos.get((entry.ko_id, entry.version))
+    if ko is not None:
+        row["title"] = ko.metadata.title
+        row["endpoints"] = ko.functions
+        row["content_digest"] = ko.content_digest
+        row["links"] = {
+            "metadata": f"/kos/{entry.ko_id}/{entry.version}",
+            "service": f"/kos/{entry.ko_id}/{entry.version}/service",
+            "calls": [call_address(entry, f) for f in ko.functions],
+        }
+    if entry.successor:
+        row["successor"] = entry.successor
+    return row
+
+
+async def list_kos(request: Request) -> Response:
+    snapshot = snapshot_of(request)
+    rows = [_summary(snapshot, e) for e in snapshot.entries] + [f.as_dict() for f in snapshot.failed]
+    rows.sort(key=lambda r: (r["id"], r.get("version") or ""))
+    return json_response({"generation": snapshot.generation, "kos": rows})
+
+
+async def get_ko(request: Request) -> Response:
+    snapshot = snapshot_of(request)
+    ko_id = request.path_params["ko_id"]
+    if ko_id not in snapshot.ids:
+        raise Problem(404, f"no KO {ko_id!r}", available=snapshot.ids)
+    try:
+        default = snapshot.resolve(ko_id, None).version
+    except NotFound:
+        default = None
+    versions = [_summary(snapshot, e) for e in snapshot.versions(ko_id)]
+    versions += [f.as_dict() for f in snapshot.failures(ko_id)]
+    return json_response({"id": ko_id, "default_version": default, "versions": versions})
+
+
+def _entry_for_read(request: Request, snapshot: Snapshot) -> ShelfEntry:
+    ko_id, version = request.path_params["ko_id"], request.path_params["version"]
+    for failure in snapshot.failures(ko_id):
+        if failure.version == version:
+            raise Problem(
+                404, f"{ko_id} {version} failed to load and is not served: {failure.reason}", reason=failure.reason
+            )
+    return _resolve(snapshot, ko_id, version)
+
+
+async def get_version(request: Request) -> Response:
+    snapshot = snapshot_of(request)
+    entry = _entry_for_read(request, snapshot)
+    ko = snapshot.kos.get((entry.ko_id, entry.version))
+    body = _summary(snapshot, entry)
+    if ko is not None:
+        body["metadata"] = ko.metadata.to_json()
+    return json_response(body)
+
+
+async def get_service(request: Request) -> Response:
+    snapshot = snapshot_of(request)
+    entry = _entry_for_read(request, snapshot)
+    ko = _servable(snapshot, entry)
+    spec = service_spec(ko.metadata)
+    return json_response(spec)
+
+
+routes = [
+    Route("/kos", list_kos, methods=["GET"]),
+    Route("/kos/{ko_id}", get_ko, methods=["GET"]),
+    Route("/kos/{ko_id}/{version}", get_version, methods=["GET"]),
+    Route("/kos/{ko_id}/{version}/service", get_service, methods=["GET"]),
+    Route("/endpoints/{ko_id}/{endpoint}", call_v2, methods=["POST"]),
+]
+# The KGrid 1.x catch-all goes last, after every fixed route (see app.py).
+call_route = Route("/{ko_id}/{version}/{endpoint}", call_v1, methods=["POST"])

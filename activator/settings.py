@@ -1,0 +1,55 @@
+"""The activator's settings: one frozen value, passed to ``create_app`` and never read from globals.
+
+``--workers N`` starts N processes that each import the app anew, so settings also travel through
+one environment variable (``KGRID_ACTIVATOR_SETTINGS``, JSON) to the worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ENV_VAR", "Settings"]
+
+ENV_VAR = "KGRID_ACTIVATOR_SETTINGS"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that shapes a running activator."""
+
+    shelf: Path = Path("knowledge_objects")
+    admin_token: str | None = None
+    max_body_bytes: int = 1_048_576
+    # Threads that run inference, off the event loop; each ONNX session itself uses ort_threads.
+    inference_threads: int = 4
+    ort_threads: int = 1
+    # Poll the shelf for new or changed KOs (no extra dependency; seconds between looks).
+    watch: bool = True
+    watch_interval: float = 1.0
+    # Run every KO's own test vectors before serving it; a KO that fails them is not served.
+    verify_vectors: bool = True
+    # A file that workers of one server poll, so that /admin/reload on one worker reaches all.
+    reload_signal: Path | None = None
+    # Hidden /_bench/echo route: parses and returns JSON on the same stack, for the benchmark.
+    bench_echo: bool = False
+    access_log: bool = True
+
+    def to_env(self) -> str:
+        data = dataclasses.asdict(self)
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in data.items()})
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Settings from ``KGRID_ACTIVATOR_SETTINGS``, else defaults (``KGRID_SHELF`` for the shelf)."""
+        text = os.environ.get(ENV_VAR)
+        if not text:
+            return cls(shelf=Path(os.environ.get("KGRID_SHELF", "knowledge_objects")))
+        data = json.loads(text)
+        for key in ("shelf", "reload_signal"):
+            if data.get(key) is not None:
+                data[key] = Path(data[key])
+        return cls(**data)
