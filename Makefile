@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint venv clean
+.PHONY: serve test lint java clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 serve: $(VENV)/.installed-serve
 	$(BIN)/kgrid serve knowledge_objects --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test
+# Spark's tests need a Java runtime (17+); install one where the machine has none.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+		echo "Installing a Java runtime for the Spark tests"; \
+		apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless || apt-get install -y -qq default-jre-headless; }
+
+test: $(VENV)/.installed-test java
 	$(BIN)/ruff check kgrid_py activator knowledge_objects tests benchmarks
 	$(BIN)/python -m pytest -q
 
