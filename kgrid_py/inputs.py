@@ -8,6 +8,8 @@ still run).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -118,9 +120,7 @@ class FieldPlan:
 
     def _coerce_tensor(self, value: Any) -> np.ndarray:
         if self.spec.preprocessing == "mni152-volume":
-            from kgrid_py.imaging import prepare_volume
-
-            array = prepare_volume(value)
+            array = _prepare_volume(value)
         else:
             try:
                 array = np.asarray(value, dtype=_TENSOR_DTYPES[self.spec.dtype or "float64"])
@@ -142,6 +142,33 @@ class FieldPlan:
             f"{_fmt(number)} {self.unit or ''} is outside the intended population "
             f"({self.population.describe()}); the result is an extrapolation.{note}".replace("  ", " "),
         )
+
+
+def _prepare_volume(value: Any) -> np.ndarray:
+    """A brain volume from a pathlib.Path, file bytes, {"base64": ...}, or nested lists / an array.
+
+    A plain string is refused on purpose: over HTTP it would let a caller name server files.
+    """
+    from kgrid_py.imaging import prepare_volume
+
+    if isinstance(value, str):
+        raise ValueError('give the file as bytes, {"base64": "..."}, a pathlib.Path or an array, not a string')
+    if isinstance(value, Mapping):
+        if set(value) != {"base64"} or not isinstance(value["base64"], str):
+            raise ValueError('an encoded file is {"base64": "<the .nii, .nii.gz or .npy bytes>"}')
+        try:
+            value = base64.b64decode(value["base64"], validate=True)
+        except binascii.Error:
+            raise ValueError("base64 content is not valid base64") from None
+    elif isinstance(value, list):
+        try:
+            value = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError("must be a numeric array") from None
+    try:
+        return prepare_volume(value)
+    except InputError as exc:
+        raise ValueError("; ".join(e.message for e in exc.errors)) from None
 
 
 def _describe(value: Any) -> str:

@@ -107,11 +107,13 @@ class _Function:
         self.session = session
         self.plan = FunctionPlan(spec, session.input_dtypes)
         self.outputs: list[OutputSpec] = list(spec.outputs)
-        self.output_graph_names = [o.graph_name for o in self.outputs]
+        self.output_graph_names = list(dict.fromkeys(o.graph_name for o in self.outputs))
         self.provenance = provenance
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_graph_names, feeds)
+        """One graph run; each declared output's array (several may read one graph output)."""
+        arrays = dict(zip(self.output_graph_names, self.session.run(self.output_graph_names, feeds), strict=True))
+        return [_project(spec, arrays[spec.graph_name]) for spec in self.outputs]
 
 
 class KnowledgeObject:
@@ -276,6 +278,14 @@ def _check_graph(spec: FunctionSpec, session: ModelSession) -> None:
         raise InvalidKO(
             f"function {spec.name!r}: graph {spec.model} has no output(s) {missing} (it has {session.output_names})"
         )
+
+
+def _project(spec: OutputSpec, array: np.ndarray) -> np.ndarray:
+    if spec.select is not None:
+        return array[..., spec.select]
+    if spec.argmax:
+        return array.argmax(axis=-1)
+    return array
 
 
 def _scalar(spec: OutputSpec, array: np.ndarray) -> Any:

@@ -162,11 +162,17 @@ class OutputSpec(_Model):
     enum: list[str] | None = Field(default=None, description="Labels for an integer graph output (index -> label)")
     shape: list[int] | None = None
     graph_output: str | None = None
+    select: int | None = Field(
+        default=None, ge=0, description="Take this index of the graph output's last axis (one class of several)"
+    )
+    argmax: bool = Field(default=False, description="Report the index of the largest value on the last axis")
 
     @model_validator(mode="after")
     def _check_enum(self) -> OutputSpec:
         if (self.type == "enum") != (self.enum is not None):
             raise ValueError(f"output {self.name!r}: 'enum' goes with type 'enum' only")
+        if self.select is not None and self.argmax:
+            raise ValueError(f"output {self.name!r}: 'select' and 'argmax' exclude each other")
         return self
 
     @property
