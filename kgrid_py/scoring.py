@@ -267,6 +267,11 @@ class BatchScorer:
                 f"no column for required input(s) {', '.join(missing)} of {ko.ref} {function}; "
                 f"map one with --map COLUMN=INPUT (columns: {', '.join(columns)})"
             )
+        self.defaults = {
+            name: (float(f.default) if f.type in ("number", "integer") else f.default)
+            for name, f in self.inputs.items()
+            if name not in self.column_for and f.default is not None and f.type != "tensor"
+        }
         self.needed = list(dict.fromkeys([*self.keep, *self.column_for.values()]))
         fields = [schema.field(name) for name in self.keep]
         for out in self.outputs:
@@ -282,19 +287,21 @@ class BatchScorer:
 
     def score(self, batch: pa.RecordBatch | pa.Table, row_errors: Sequence[str | None] | None = None) -> pa.RecordBatch:
         """Score one batch; ``row_errors`` marks rows the reader already knows are broken."""
-        n = batch.num_rows
         columns = {name: self._input_column(name, batch.column(col)) for name, col in self.column_for.items()}
+        for name, value in self.defaults.items():  # whole-array defaults: the library's are lists
+            columns[name] = np.full(batch.num_rows, value)
         result = self.ko.call_batch(self.function, columns, units=self.units)
         errors = list(result.errors)
         if row_errors is not None:
             for row, message in enumerate(row_errors):
                 if message is not None:
                     errors[row] = message
-        failed = np.fromiter((e is not None for e in errors), dtype=bool, count=n)
+        error_array = pa.array(errors, type=pa.string())
+        failed = error_array.is_valid().to_numpy(zero_copy_only=False)
         arrays: list[pa.Array] = [_as_array(batch.column(name)) for name in self.keep]
         for out in self.outputs:
             arrays.append(_output_array(out, result[out.name], failed))
-        arrays.append(pa.array(errors, type=pa.string()))
+        arrays.append(error_array)
         warnings = result.warnings
         if self.warnings_as_text:
             arrays.append(pa.array([("; ".join(w) if w else None) for w in warnings], type=pa.string()))
@@ -329,7 +336,7 @@ class BatchScorer:
         if kind == "boolean":
             return _booleans(column)
         if kind == "enum" and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-            return column.to_numpy(zero_copy_only=False)
+            return column
         return column.to_pylist()
 
 
@@ -508,7 +515,8 @@ class _Reader:
 
 class _ParquetReader(_Reader):
     def __init__(self, path: Path, batch_size: int) -> None:
-        self.file = pq.ParquetFile(path)
+        # pre_buffer would read ahead every row group it is asked for, i.e. the whole file.
+        self.file = pq.ParquetFile(path, pre_buffer=False)
         self.schema = self.file.schema_arrow
         self.columns = list(self.schema.names)
         self.batch_size = batch_size
