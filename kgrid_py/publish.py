@@ -174,7 +174,9 @@ def _publish_locked(
                     f"{info.ref} is already published with different content; versions are immutable: "
                     "publish a new version instead"
                 )
-            return PublishOutcome(info.ko_id, info.version, info.manifest_digest, existing.path, False, existing.status)
+            return PublishOutcome(
+                info.ko_id, info.version, info.manifest_digest, existing.path, False, existing.status, signer
+            )
         if target.exists():
             raise VersionConflict(f"{target} exists but is not a readable KO; remove it by hand first")
         changes = _check_compat(versions, wanted, metadata) if policy.check_compatibility else []

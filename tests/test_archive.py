@@ -11,14 +11,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from archives import build_zip, entries_of, manifest_for, rebuild, snapshot, symlink_info, with_metadata
+from archives import build_zip, entries_of, manifest_for, rebuild, refuse, snapshot, symlink_info, with_metadata
 
 from kgrid_py.archive import MANIFEST_NAME, ArchiveLimits, extract, inspect, pack
-from kgrid_py.audit import read_audit
 from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge, http_status
 from kgrid_py.errors import IntegrityError
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.publish import PublishPolicy, publish_archive
 
 # -- packing ----------------------------------------------------------------------------------------
 
@@ -73,23 +71,6 @@ def test_extract_round_trip(demo_path: Path, tmp_path: Path) -> None:
 @pytest.fixture
 def contents(demo_path: Path) -> dict[str, bytes]:
     return entries_of(pack(demo_path))
-
-
-def refuse(data: bytes, tmp_path: Path, error: type[Exception], match: str, **policy: object) -> Exception:
-    """Publish ``data`` into a fresh shelf; it must fail with ``error`` and change nothing outside."""
-    world = tmp_path / "world"
-    shelf = world / "shelf"
-    shelf.mkdir(parents=True)
-    (world / "sentinel.txt").write_text("untouched")
-    before = snapshot(world)
-    with pytest.raises(error, match=match) as caught:
-        publish_archive(data, shelf, PublishPolicy(**policy), actor="mallory")  # type: ignore[arg-type]
-    assert snapshot(world) == before, "a refused archive changed the shelf or its surroundings"
-    assert not [p for p in tmp_path.rglob("*") if "evil" in p.name]
-    assert not list((shelf / ".kgrid" / "staging").glob("*"))
-    last = read_audit(shelf / ".kgrid" / "audit.jsonl")[-1]
-    assert last["outcome"] == "refused" and last["actor"] == "mallory" and last["reason"]
-    return caught.value
 
 
 @pytest.mark.parametrize("name", ["../evil.txt", "a/../../evil.txt", "./evil.txt", "model/../../../evil.txt"])
