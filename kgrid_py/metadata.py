@@ -15,10 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 __all__ = [
     "KOIO_CONTEXT",
     "Bounds",
+    "CardIndicator",
+    "CdsService",
     "Citation",
     "Code",
     "Constraint",
     "Creator",
+    "FhirBinding",
     "FieldSpec",
     "FileEntry",
     "FunctionSpec",
@@ -104,6 +107,23 @@ class UnitConversion(_Model):
     factor: float = Field(gt=0)
 
 
+class FhirBinding(_Model):
+    """Where an input is found in FHIR R4 data, for EHR integrations (CDS Hooks).
+
+    ``age``: from Patient.birthDate at the time of the hook. ``sex``: the sex-for-clinical-use
+    extension when present, else Patient.gender. ``observation``: the most recent final
+    Observation with one of ``codes`` inside ``lookback_days``, converted from its UCUM unit.
+    ``condition``: true when an active Condition has one of ``codes``.
+    """
+
+    kind: Literal["age", "sex", "observation", "condition"]
+    codes: list[Code] = Field(default_factory=list)
+    lookback_days: int | None = Field(default=None, gt=0)
+    answers: dict[str, str] = Field(
+        default_factory=dict, description="Coded answers (system|code) mapped to this input's enum values"
+    )
+
+
 class FieldSpec(_Model):
     """One input of a function."""
 
@@ -132,6 +152,7 @@ class FieldSpec(_Model):
     graph_input: str | None = Field(
         default=None, description="ONNX graph input fed by this field (defaults to its name)"
     )
+    fhir: FhirBinding | None = None
 
     @model_validator(mode="after")
     def _check_type_details(self) -> FieldSpec:
@@ -189,6 +210,24 @@ class Constraint(_Model):
     message: str
 
 
+class CardIndicator(_Model):
+    """Thresholds on an output that raise a CDS card's indicator to warning or critical."""
+
+    output: str
+    warning: float | None = None
+    critical: float | None = None
+    reason: str | None = Field(default=None, description="Where the thresholds come from")
+
+
+class CdsService(_Model):
+    """How a function is offered as a CDS Hooks service."""
+
+    hooks: list[Literal["patient-view", "order-select"]] = Field(min_length=1)
+    title: str
+    description: str
+    indicators: list[CardIndicator] = Field(default_factory=list)
+
+
 class FunctionSpec(_Model):
     """One callable endpoint of the KO: inputs, outputs and the ONNX model that computes them."""
 
@@ -199,6 +238,7 @@ class FunctionSpec(_Model):
     inputs: list[FieldSpec]
     outputs: list[OutputSpec]
     constraints: list[Constraint] = Field(default_factory=list)
+    cds: CdsService | None = None
     removed_inputs: dict[str, str] = Field(
         default_factory=dict,
         description="Inputs earlier versions took, with why they are gone (sending one is an error)",
