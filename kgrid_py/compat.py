@@ -51,15 +51,22 @@ def _compare_function(old: FunctionSpec, new: FunctionSpec) -> list[Change]:
     name = old.name
     changes: list[Change] = []
     new_inputs = {f.name: f for f in new.inputs}
+    old_inputs = {f.name for f in old.inputs}
+    added = {f.graph_name: f.name for f in new.inputs if f.name not in old_inputs}
+    renamed: set[str] = set()
     for before in old.inputs:
         after = new_inputs.get(before.name)
         if after is None:
-            changes.append(Change(name, f"input {before.name!r} removed or renamed", True))
+            successor = added.get(before.graph_name)
+            if successor is not None:  # same graph input under a new name
+                renamed.add(successor)
+                changes.append(Change(name, f"input {before.name!r} renamed to {successor!r}", True))
+            else:
+                changes.append(Change(name, f"input {before.name!r} removed or renamed", True))
             continue
         changes.extend(_compare_input(name, before, after))
-    old_inputs = {f.name for f in old.inputs}
     for after in new.inputs:
-        if after.name not in old_inputs:
+        if after.name not in old_inputs and after.name not in renamed:
             if after.required:
                 changes.append(Change(name, f"new required input {after.name!r}", True))
             else:
