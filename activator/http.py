@@ -73,7 +73,7 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise Problem(400, "the body is empty; send a JSON object of inputs, or an array of them")
     try:
-        return json.loads(body, parse_constant=_reject_constant, parse_int=_parse_int)
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int)
     except UnicodeDecodeError:
         raise Problem(400, "the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

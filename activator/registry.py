@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from kgrid_py.errors import KgridError, NotFound
@@ -58,7 +59,7 @@ class Snapshot:
     def empty(cls) -> Snapshot:
         return cls(0, [], {}, [])
 
-    @property
+    @cached_property
     def ids(self) -> list[str]:
         return sorted({e.ko_id for e in self.entries} | {f.ko_id for f in self.failed})
 
@@ -70,6 +71,8 @@ class Snapshot:
 
     def resolve(self, ko_id: str, spec: str | None) -> ShelfEntry:
         """The entry a version, range or ``None`` (highest active) names. Raises NotFound."""
+        if ko_id not in self.ids:
+            raise NotFound(f"no KO {ko_id!r}", available=self.ids)
         reference = Reference.parse(f"{ko_id}@{spec}" if spec else ko_id)
         if reference.is_exact:
             for failure in self.failures(ko_id):

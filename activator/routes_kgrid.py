@@ -166,7 +166,7 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
 async def call_v1(request: Request) -> Response:
     params = request.path_params
     if params["ko_id"] in RESERVED:
-        raise Problem(405, f"{request.method} is not allowed on {request.url.path}", headers={"Allow": "GET"})
+        raise Problem(405, f"{request.method} is not allowed on {request.url.path}", headers={"Allow": "GET, HEAD"})
     return await _call(request, params["ko_id"], params["version"], params["endpoint"], from_query=False)
 
 
