@@ -39,7 +39,7 @@ def server(tmp_path: Path) -> Iterator[tuple[Path, str, list[str]]]:
     seen: list[str] = []
     handler = type("Handler", (_Handler,), {"requests_seen": seen})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}/", seen
     httpd.shutdown()
