@@ -1,0 +1,213 @@
+"""Curator commands: init, pack, keygen, sign, verify, publish, status.
+
+Standalone click commands; ``kgrid_py.cli`` registers them into the ``kgrid`` group, whose
+error handling turns a :class:`~kgrid_py.errors.KgridError` into one line on stderr and exit 1.
+Tokens come from ``--token`` or ``KGRID_TOKEN`` and are never printed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import json
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import urlparse
+
+import click
+import requests
+
+from kgrid_py.archive import extract, inspect, pack
+from kgrid_py.curator_errors import RemoteError
+from kgrid_py.ko import read_metadata, verify_files
+from kgrid_py.lifecycle import SETTABLE, lifecycle_info, set_status
+from kgrid_py.publish import PublishPolicy, publish_archive
+from kgrid_py.scaffold import init_ko
+from kgrid_py.shelf import Reference, Shelf, default_shelf_path
+from kgrid_py.signing import generate_keypair, load_private_key, load_trust_dir, sign_archive, verify_signature
+
+__all__ = ["COMMANDS", "init", "keygen", "pack_command", "publish", "sign", "status", "verify"]
+
+_TIMEOUT = (10.0, 300.0)
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@click.command()
+@click.argument("name")
+@click.option("--dir", "parent", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True)
+@click.option("--version", "version", default="1.0.0", show_default=True, help="First version of the KO.")
+@click.option("--author", default="TODO: your name", help="Contributor name for the metadata.")
+@click.option("--license", "license_", default="Apache-2.0", show_default=True)
+def init(name: str, parent: Path, version: str, author: str, license_: str) -> None:
+    """Create a new KO folder NAME from a template that passes `kgrid validate`."""
+    path = init_ko(name, parent, version=version, author=author, license=license_)
+    click.echo(f"{name}@{version}: created {path} (status draft)")
+    click.echo(f"next: edit src/ and metadata.json, `kgrid build {path}`, `kgrid validate {path}`")
+
+
+@click.command(name="pack")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def pack_command(path: Path, output: Path) -> None:
+    """Pack a sealed KO folder into one deterministic archive."""
+    data = pack(path)
+    output.write_bytes(data)
+    info = inspect(data)
+    click.echo(f"{info.ref}: {output} ({len(data)} bytes, {len(info.files)} files, manifest {info.manifest_digest})")
+
+
+@click.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
+@click.option("--name", default="kgrid", show_default=True, help="Key file stem: NAME.key.pem / NAME.pub.pem.")
+def keygen(directory: Path, name: str) -> None:
+    """Generate an Ed25519 key pair for signing archives."""
+    private, public = generate_keypair(directory, name)
+    click.echo(f"private key: {private} (keep secret)")
+    click.echo(f"public key:  {public} (copy into the activator's trust dir)")
+
+
+@click.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Default: sign in place.")
+def sign(archive: Path, key: Path, output: Path | None) -> None:
+    """Sign an archive's manifest digest; the signature travels inside the archive."""
+    data = sign_archive(archive.read_bytes(), load_private_key(key))
+    target = output or archive
+    _write_atomic(target, data)
+    info = inspect(data)
+    click.echo(f"{info.ref}: signed with key {info.signature['key_id'] if info.signature else '?'} -> {target}")
+
+
+@click.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--trust", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Require a trusted signature."
+)
+def verify(archive: Path, trust: Path | None) -> None:
+    """Check an archive: safe structure, every digest, valid metadata, and (with --trust) its signature."""
+    data = archive.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="kgrid-verify-") as temp:
+        info = extract(data, Path(temp) / "ko")
+        _, metadata = read_metadata(Path(temp) / "ko")
+        verify_files(Path(temp) / "ko", metadata)
+    signer = verify_signature(info, load_trust_dir(trust)).name if trust else None
+    signed = f"signed by {signer}" if signer else ("signed (not checked: no --trust)" if info.signature else "unsigned")
+    click.echo(f"{info.ref}: ok, manifest {info.manifest_digest}, {signed}")
+
+
+@click.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--to", "target", required=True, help="A shelf folder, or an activator's base URL.")
+@click.option("--token", envvar="KGRID_TOKEN", help="Bearer token for a URL (default: $KGRID_TOKEN).")
+@click.option("--require-signature", is_flag=True, help="Local shelf: refuse unsigned archives.")
+@click.option("--trust", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Local: trusted keys.")
+@click.option("--actor", help="Name for the audit log (default: your user name).")
+def publish(
+    archive: Path, target: str, token: str | None, require_signature: bool, trust: Path | None, actor: str | None
+) -> None:
+    """Publish an archive into a local shelf, or POST it to an activator's /kos."""
+    data = archive.read_bytes()
+    if urlparse(target).scheme in ("http", "https"):
+        body = post_archive(data, target, token)
+        click.echo(json.dumps(body, indent=2) if isinstance(body, dict | list) else str(body))
+        return
+    policy = PublishPolicy(require_signature=require_signature, trust_dir=trust)
+    outcome = publish_archive(data, Path(target), policy, actor=_actor(actor))
+    verb = "published" if outcome.changed else "already published (identical, nothing changed)"
+    click.echo(f"{outcome.ref}: {verb}, status {outcome.status}, manifest {outcome.digest}")
+    for change in outcome.changes:
+        click.echo(f"  change: {change}")
+
+
+def post_archive(data: bytes, base_url: str, token: str | None) -> object:
+    """POST the archive to ``<base_url>/kos`` with a bearer token; the parsed answer, or RemoteError."""
+    url = base_url if urlparse(base_url).path.rstrip("/").endswith("/kos") else base_url.rstrip("/") + "/kos"
+    parsed = urlparse(url)
+    if token and parsed.scheme == "http" and not _is_loopback(parsed.hostname or ""):
+        click.echo("warning: sending a token over plain http; use https outside this machine", err=True)
+    headers = {"Content-Type": "application/zip"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        response = requests.post(url, data=data, headers=headers, timeout=_TIMEOUT)
+    except requests.RequestException as exc:
+        raise RemoteError(f"{url}: {exc.__class__.__name__}") from None
+    try:
+        body: object = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code in (200, 201):
+        return body
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    hint = {401: " (no or unknown token: pass --token or set KGRID_TOKEN)", 403: " (the token lacks the publish role)"}
+    message = f"{url}: HTTP {response.status_code}{hint.get(response.status_code, '')}: {str(detail)[:500]}"
+    if token:
+        message = message.replace(token, "***")
+    raise RemoteError(message)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--set", "new_status", type=click.Choice(SETTABLE), help="New lifecycle status.")
+@click.option("--successor", help="Reference of the version that replaces this one.")
+@click.option("--sunset", help="Date (YYYY-MM-DD) after which a deprecated version stops serving.")
+@click.option("--shelf", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: $KGRID_SHELF.")
+@click.option("--actor", help="Name for the audit log (default: your user name).")
+def status(
+    ref: str, new_status: str | None, successor: str | None, sunset: str | None, shelf: Path | None, actor: str | None
+) -> None:
+    """Show or set a KO version's lifecycle status (deprecated, retired; or active again)."""
+    root = shelf if shelf is not None else default_shelf_path()
+    if new_status is None:
+        if successor or sunset:
+            raise click.UsageError("--successor and --sunset go with --set")
+        entry = Shelf(root).resolve(Reference.parse(ref))
+        info = lifecycle_info(root, entry.ko_id, entry.version)
+        extra = "".join(f", {k} {v}" for k, v in (("successor", info.successor), ("sunset", info.sunset)) if v)
+        click.echo(f"{entry.ko_id}@{entry.version}: {info.status}{extra}")
+        return
+    change = set_status(root, ref, new_status, _actor(actor), successor=successor, sunset=sunset)
+    if change.changed:
+        click.echo(
+            f"{change.ref}: {change.previous} -> {change.status}"
+            + (f" (successor {change.successor})" if change.successor else "")
+        )
+    else:
+        click.echo(f"{change.ref}: already {change.status}")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+COMMANDS: dict[str, click.Command] = {
+    "init": init,
+    "pack": pack_command,
+    "keygen": keygen,
+    "sign": sign,
+    "verify": verify,
+    "publish": publish,
+    "status": status,
+}
+"""Name -> command, for ``kgrid_py.cli`` to register: ``for n, c in COMMANDS.items(): cli.add_command(c, n)``."""
