@@ -19,9 +19,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
+import unicodedata
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from typing import Any
 from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge
 from kgrid_py.digest import canonical_json, sha256_bytes
 from kgrid_py.ko import METADATA_FILE, read_metadata, verify_files
+from kgrid_py.metadata import KO_ID_PATTERN, SEMVER_PATTERN
 
 __all__ = [
     "FORMAT",
@@ -37,6 +41,7 @@ __all__ = [
     "ArchiveInfo",
     "ArchiveLimits",
     "check_metadata_paths",
+    "check_model_references",
     "collect_files",
     "extract",
     "inspect",
@@ -265,13 +270,13 @@ def _check_entries(
             continue
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise ArchiveRejected(f"{name}: unsupported compression method {info.compress_type}")
-        key = name.casefold()
+        key = unicodedata.normalize("NFC", name).casefold()  # what a case-insensitive disk would merge
         if key in folded:
             raise ArchiveRejected(f"duplicate entry {name!r} (clashes with {folded[key]!r})")
         folded[key] = name
         files[name] = info
         parts = name.split("/")
-        dirs.update("/".join(parts[:i]).casefold() for i in range(1, len(parts)))
+        dirs.update(unicodedata.normalize("NFC", "/".join(parts[:i])).casefold() for i in range(1, len(parts)))
         if info.file_size > limits.max_file_bytes:
             raise ArchiveTooLarge(
                 f"{name}: expands to {info.file_size} bytes, over the limit of {limits.max_file_bytes}"
@@ -329,6 +334,52 @@ def check_metadata_paths(raw: Any) -> None:
         _check_name(value, f"{METADATA_FILE} {where}")
 
 
+def check_model_references(ko_dir: Path, raw: dict[str, Any]) -> None:
+    """Refuse ONNX models whose external-data tensors point outside the KO or at unlisted files.
+
+    ONNX lets a tensor's bytes live in another file named by a relative path; unchecked, a model
+    could make the runtime read any file on the server, or data nobody digested.
+    """
+    import onnx
+
+    listed = {entry.get("path") for entry in raw.get("files") or [] if isinstance(entry, dict)}
+    for entry in raw.get("files") or []:
+        path = entry.get("path", "") if isinstance(entry, dict) else ""
+        if not str(path).endswith(".onnx"):
+            continue
+        try:
+            model = onnx.load(str(Path(ko_dir) / path), load_external_data=False)
+        except Exception as exc:  # onnx raises protobuf's DecodeError and others
+            raise ArchiveRejected(f"{path}: not a readable ONNX model ({exc.__class__.__name__})") from None
+        base = Path(path).parent
+        for tensor in _tensors(model.graph):
+            if tensor.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            _check_name(location, f"{path}: external data of tensor {tensor.name!r}")
+            target = (base / location).as_posix()
+            if ".." in target.split("/") or target not in listed:
+                raise ArchiveRejected(
+                    f"{path}: tensor {tensor.name!r} reads external data {location!r}, which metadata does not list"
+                )
+
+
+def _tensors(graph: Any) -> Iterable[Any]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
+
+
 def _read_small(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
     if info.file_size > cap:
         raise ArchiveTooLarge(f"{info.filename}: {info.file_size} bytes, over the limit of {cap}")
@@ -354,8 +405,10 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in files.items()
     ):
         raise ArchiveRejected(f"{MANIFEST_NAME}: 'files' must map paths to sha256 hex digests")
-    if not isinstance(manifest.get("id"), str) or not isinstance(manifest.get("version"), str):
-        raise ArchiveRejected(f"{MANIFEST_NAME}: 'id' and 'version' must be strings")
+    if not isinstance(manifest.get("id"), str) or not re.match(KO_ID_PATTERN, manifest["id"]):
+        raise ArchiveRejected(f"{MANIFEST_NAME}: 'id' must be a KO id (lowercase letters, digits, '-')")
+    if not isinstance(manifest.get("version"), str) or not re.match(SEMVER_PATTERN, manifest["version"]):
+        raise ArchiveRejected(f"{MANIFEST_NAME}: 'version' must be a semantic version")
     for name in files:
         _check_name(name, "manifest path")
     return manifest

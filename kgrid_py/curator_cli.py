@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import click
 import requests
 
-from kgrid_py.archive import extract, inspect, pack
+from kgrid_py.archive import check_model_references, extract, inspect, pack
 from kgrid_py.curator_errors import RemoteError
 from kgrid_py.ko import read_metadata, verify_files
 from kgrid_py.lifecycle import SETTABLE, lifecycle_info, set_status
@@ -98,8 +98,9 @@ def verify(archive: Path, trust: Path | None) -> None:
     data = archive.read_bytes()
     with tempfile.TemporaryDirectory(prefix="kgrid-verify-") as temp:
         info = extract(data, Path(temp) / "ko")
-        _, metadata = read_metadata(Path(temp) / "ko")
+        raw, metadata = read_metadata(Path(temp) / "ko")
         verify_files(Path(temp) / "ko", metadata)
+        check_model_references(Path(temp) / "ko", raw)
     signer = verify_signature(info, load_trust_dir(trust)).name if trust else None
     signed = f"signed by {signer}" if signer else ("signed (not checked: no --trust)" if info.signature else "unsigned")
     click.echo(f"{info.ref}: ok, manifest {info.manifest_digest}, {signed}")

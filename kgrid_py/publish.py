@@ -5,7 +5,8 @@ In order, it refuses (raising the error in brackets; HTTP status for the activat
 
 1. an archive over the size limit                          [ArchiveTooLarge]        413
 2. unsafe or malformed entries, a zip bomb, metadata paths
-   outside the KO, a file not matching its manifest digest [ArchiveRejected...]     422 (413)
+   or ONNX external data outside the KO, a file not
+   matching its manifest digest                            [ArchiveRejected...]     422 (413)
 3. no signature / an untrusted or forged one, when the
    policy requires one (a signature that is present is
    checked whenever a trust dir is configured)             [SignatureRejected]      403
@@ -34,7 +35,7 @@ from typing import Any
 
 import semantic_version
 
-from kgrid_py.archive import ArchiveInfo, ArchiveLimits, collect_files, extract, inspect
+from kgrid_py.archive import ArchiveInfo, ArchiveLimits, check_model_references, collect_files, extract, inspect
 from kgrid_py.audit import append_audit, audit_path, shelf_lock, state_dir, write_json
 from kgrid_py.compat import check_version
 from kgrid_py.curator_errors import ArchiveTooLarge, CurationError, VectorsFailed, VersionConflict, http_status
@@ -158,12 +159,13 @@ def _check_signature(info: ArchiveInfo, policy: PublishPolicy) -> str | None:
 def _publish_locked(
     data: bytes, info: ArchiveInfo, shelf: Path, policy: PublishPolicy, signer: str | None
 ) -> PublishOutcome:
-    staging = state_dir(shelf) / "staging" / f"{info.ko_id}-{info.version}-{secrets.token_hex(6)}"
+    staging = state_dir(shelf) / "staging" / secrets.token_hex(8)
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
         extract(data, staging, policy.limits)
-        _, metadata = read_metadata(staging)
+        raw, metadata = read_metadata(staging)
         verify_files(staging, metadata)
+        check_model_references(staging, raw)
         versions = Shelf(shelf).versions(info.ko_id)
         wanted = semantic_version.Version(info.version)
         existing = next((e for e in versions if e.semver == wanted), None)

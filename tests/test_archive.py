@@ -10,10 +10,12 @@ import stat
 import zipfile
 from pathlib import Path
 
+import onnx
 import pytest
 from archives import build_zip, entries_of, manifest_for, rebuild, refuse, snapshot, symlink_info, with_metadata
 
 from kgrid_py.archive import MANIFEST_NAME, ArchiveLimits, extract, inspect, pack
+from kgrid_py.build import seal
 from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge, http_status
 from kgrid_py.errors import IntegrityError
 from kgrid_py.ko import KnowledgeObject
@@ -189,3 +191,30 @@ def test_inspect_writes_nothing(contents: dict[str, bytes], tmp_path: Path) -> N
     with pytest.raises(ArchiveRejected):
         inspect(rebuild({**contents, "../evil.txt": b"x"}))
     assert snapshot(tmp_path) == before
+
+
+def test_hostile_manifest_id_escaping_the_shelf(contents: dict[str, bytes], tmp_path: Path) -> None:
+    body = with_metadata(contents, **{"dc:identifier": "../../evil", "@id": "../../evil/1.0.0"})
+    body = {n: d for n, d in body.items() if n != MANIFEST_NAME}
+    data = build_zip([*sorted(body.items()), (MANIFEST_NAME, manifest_for(body, ko_id="../../evil"))])
+    refuse(data, tmp_path, ArchiveRejected, "'id' must be a KO id")
+
+
+def test_hostile_unicode_lookalike_duplicates(contents: dict[str, bytes], tmp_path: Path) -> None:
+    nfc, nfd = "caf\u00e9.txt", "cafe\u0301.txt"
+    refuse(rebuild({**contents, nfc: b"one", nfd: b"two"}), tmp_path, ArchiveRejected, "duplicate entry")
+
+
+@pytest.mark.parametrize("location", ["../../../../etc/hostname", "/etc/hostname", "unlisted.bin"])
+def test_hostile_onnx_external_data(demo_path: Path, tmp_path: Path, location: str) -> None:
+    model = onnx.load(str(demo_path / "model.onnx"))
+    tensor = onnx.helper.make_tensor("evil_weights", onnx.TensorProto.DOUBLE, [1], [0.0])
+    tensor.ClearField("double_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    model.graph.initializer.append(tensor)
+    onnx.save(model, str(demo_path / "model.onnx"))
+    if location == "unlisted.bin":
+        (demo_path / "unlisted.bin").write_bytes(bytes(8))
+    seal(demo_path)
+    refuse(pack(demo_path), tmp_path, ArchiveRejected, "external data")
