@@ -116,7 +116,7 @@ class JwtVerifier:
             issuers, leeway_s=float(data.get("leeway_s", 30)), max_lifetime_s=float(data.get("max_lifetime_s", 3600))
         )
 
-    def verify_header(self, authorization: str | None, audience: str) -> dict[str, Any]:
+    def verify_header(self, authorization: str | None, audience: str | list[str]) -> dict[str, Any]:
         """Verify an ``Authorization: Bearer <jwt>`` header value; the claims, or :class:`AuthError`."""
         if not authorization:
             raise AuthError("a bearer token is required (Authorization: Bearer <JWT>)")
@@ -125,7 +125,7 @@ class JwtVerifier:
             raise AuthError("the Authorization header must be 'Bearer <JWT>'")
         return self.verify(token.strip(), audience)
 
-    def verify(self, token: str, audience: str) -> dict[str, Any]:
+    def verify(self, token: str, audience: str | list[str]) -> dict[str, Any]:
         """Verify one JWT for the service at ``audience``; the claims, or :class:`AuthError`."""
         try:
             header = jwt.get_unverified_header(token)
@@ -153,7 +153,8 @@ class JwtVerifier:
         except jwt.ExpiredSignatureError:
             raise AuthError("the JWT has expired") from None
         except jwt.InvalidAudienceError:
-            raise AuthError(f"the JWT's 'aud' is not this service's URL ({audience})") from None
+            shown = audience if isinstance(audience, str) else " or ".join(audience)
+            raise AuthError(f"the JWT's 'aud' is not this service's URL ({shown})") from None
         except jwt.MissingRequiredClaimError as exc:
             raise AuthError(f"the JWT lacks the {exc.claim!r} claim") from None
         except jwt.ImmatureSignatureError:

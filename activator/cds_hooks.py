@@ -201,10 +201,10 @@ class CdsHooks:
             audience = self.settings.base_url.rstrip("/") + request.url.path
         else:
             audience = str(request.url.replace(query=""))
-        # A feedback call's audience is the service's URL too.
-        audience = audience.removesuffix("/feedback")
+        # A feedback call may name the feedback URL or the service's URL as its audience.
+        audiences = [audience, audience.removesuffix("/feedback")] if audience.endswith("/feedback") else [audience]
         try:
-            self.verifier.verify_header(request.headers.get("authorization"), audience)
+            self.verifier.verify_header(request.headers.get("authorization"), audiences)
         except AuthError as exc:
             log.info("CDS call refused: %s", exc)  # the reason only, never the token
             raise _Reject(401, str(exc)) from None
