@@ -1,13 +1,15 @@
 """``create_app(settings)``: the activator's routes, middleware and error table, in one place.
 
-The lifespan builds everything a request needs (the registry of loaded KOs, metrics, the thread
-limiter inference runs under) and hands it to requests as state; nothing lives in module globals.
+The lifespan builds everything a request needs (the registry of loaded KOs, metrics, the
+dispatcher that runs inference in a bounded thread pool) and hands it to requests as state;
+nothing lives in module globals.
 It loads the shelf in the background, so ``/health`` answers at once and ``/ready`` once loaded,
 and, with ``watch``, polls the shelf and reloads when a KO folder changes.
 """
 
 from __future__ import annotations
 
+import gc
 import hmac
 import logging
 import sys
@@ -24,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from activator import oip, routes_kgrid
+from activator.dispatch import Dispatcher
 from activator.docs import docs_page
 from activator.http import State, json_response, parse_json, read_body, state_of
 from activator.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -120,6 +123,12 @@ async def bench_echo(request: Request) -> Response:
 
 async def reload(state: State) -> Any:
     snapshot = await anyio.to_thread.run_sync(state.registry.reload)
+    # Loaded KOs are long-lived: keep them out of the collector's full passes, which otherwise
+    # stall requests for tens of milliseconds (p99 at concurrency 32 fell from ~50 ms to ~15 ms).
+    # Unfreezing first lets the collection free what the previous snapshot no longer needs.
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
     served = sum(1 for _ in snapshot.served())
     state.metrics.served.set(served)
     state.metrics.failed.set(len(snapshot.failed))
@@ -129,13 +138,13 @@ async def reload(state: State) -> Any:
 
 async def _load_then_watch(state: State) -> None:
     settings = state.settings
+    signal = settings.reload_signal
+    last_signal = _read(signal)  # before loading: a reload signalled meanwhile is then not missed
+    seen = await anyio.to_thread.run_sync(state.registry.signature)
     try:
         await reload(state)
     except Exception:
         log.exception("could not load the shelf %s", settings.shelf)
-    seen = await anyio.to_thread.run_sync(state.registry.signature)
-    signal = settings.reload_signal
-    last_signal = _read(signal)
     while settings.watch or signal is not None:
         await anyio.sleep(settings.watch_interval)
         try:
@@ -186,12 +195,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings=settings,
             registry=Registry(settings.shelf, runtime, verify_vectors=settings.verify_vectors),
             metrics=metrics_,
-            limiter=anyio.CapacityLimiter(settings.inference_threads),
+            dispatcher=Dispatcher(settings.inference_threads),
         )
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_load_then_watch, state)
-            yield {"activator": state}
-            tasks.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_load_then_watch, state)
+                yield {"activator": state}
+                tasks.cancel_scope.cancel()
+        finally:
+            state.dispatcher.close()
 
     routes = [
         Route("/", root, methods=["GET"]),

@@ -25,18 +25,27 @@ __all__ = ["serve"]
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
 @click.option(
-    "--inference-threads", default=4, show_default=True, type=click.IntRange(1, 256),
+    "--inference-threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 256),
     help="Threads per worker that run inference, off the event loop.",
-)  # fmt: skip
+)
 @click.option(
-    "--ort-threads", default=1, show_default=True, type=click.IntRange(1, 256),
+    "--ort-threads",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
     help="ONNX Runtime intra-op threads per session.",
-)  # fmt: skip
+)
 @click.option("--admin-token", envvar="KGRID_ADMIN_TOKEN", default=None, help="Enables POST /admin/reload.")
 @click.option(
     "--max-body-bytes", default=1_048_576, show_default=True, type=click.IntRange(1), help="Largest request body."
 )
 @click.option("--watch/--no-watch", default=True, show_default=True, help="Reload when the shelf changes.")
+@click.option(
+    "--watch-interval", default=1.0, show_default=True, type=click.FloatRange(0.05), help="Seconds between shelf looks."
+)
 @click.option("--verify-vectors/--no-verify-vectors", default=True, show_default=True, help="Test KOs before serving.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log one line per request.")
 @click.option("--bench-echo", is_flag=True, hidden=True, help="Serve /_bench/echo for the HTTP benchmark.")
@@ -50,6 +59,7 @@ def serve(
     admin_token: str | None,
     max_body_bytes: int,
     watch: bool,
+    watch_interval: float,
     verify_vectors: bool,
     access_log: bool,
     bench_echo: bool,
@@ -69,6 +79,7 @@ def serve(
         inference_threads=inference_threads,
         ort_threads=ort_threads,
         watch=watch,
+        watch_interval=watch_interval,
         verify_vectors=verify_vectors,
         reload_signal=signal,
         bench_echo=bench_echo,

@@ -7,10 +7,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
+from activator.dispatch import Dispatcher
 from activator.metrics import Metrics
 from activator.problems import Problem
 from activator.registry import Registry
@@ -26,7 +26,7 @@ class State:
     settings: Settings
     registry: Registry
     metrics: Metrics
-    limiter: anyio.CapacityLimiter
+    dispatcher: Dispatcher
 
 
 def state_of(request: Request) -> State:

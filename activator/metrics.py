@@ -25,25 +25,37 @@ class Metrics:
             registry=self.registry,
         )
         self.http_latency = Histogram(
-            "kgrid_http_request_duration_seconds", "HTTP request latency by route", ["route"],
-            buckets=_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "kgrid_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
         self.calls = Counter(
-            "kgrid_ko_requests", "KO calls by KO, version and endpoint", ["ko", "version", "endpoint"],
+            "kgrid_ko_requests",
+            "KO calls by KO, version and endpoint",
+            ["ko", "version", "endpoint"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.errors = Counter(
-            "kgrid_ko_errors", "KO calls answered with an error, by status", ["ko", "version", "endpoint", "status"],
+            "kgrid_ko_errors",
+            "KO calls answered with an error, by status",
+            ["ko", "version", "endpoint", "status"],
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.latency = Histogram(
-            "kgrid_ko_request_duration_seconds", "KO call latency (inputs to outputs)", ["ko", "version", "endpoint"],
-            buckets=_BUCKETS, registry=self.registry,
-        )  # fmt: skip
-        self.items = Counter(
-            "kgrid_ko_items", "Inputs scored (a batch counts each item)", ["ko", "version", "endpoint"],
+            "kgrid_ko_request_duration_seconds",
+            "KO call latency (inputs to outputs)",
+            ["ko", "version", "endpoint"],
+            buckets=_BUCKETS,
             registry=self.registry,
-        )  # fmt: skip
+        )
+        self.items = Counter(
+            "kgrid_ko_items",
+            "Inputs scored (a batch counts each item)",
+            ["ko", "version", "endpoint"],
+            registry=self.registry,
+        )
         self.served = Gauge("kgrid_kos_served", "KO versions being served", registry=self.registry)
         self.failed = Gauge("kgrid_kos_failed", "KO versions on the shelf that failed to load", registry=self.registry)
         self.generation = Gauge("kgrid_shelf_generation", "Reloads published so far", registry=self.registry)

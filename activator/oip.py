@@ -16,7 +16,6 @@ import struct
 import time
 from typing import Any
 
-import anyio
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
@@ -34,9 +33,18 @@ from kgrid_py.metadata import FieldSpec, FunctionSpec, OutputSpec
 __all__ = ["routes"]
 
 _NUMERIC = {
-    "FP64": "<f8", "FP32": "<f4", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "INT16": "<i2", "INT8": "i1",
-    "UINT64": "<u8", "UINT32": "<u4", "UINT16": "<u2", "UINT8": "u1",
-}  # fmt: skip
+    "FP64": "<f8",
+    "FP32": "<f4",
+    "FP16": "<f2",
+    "INT64": "<i8",
+    "INT32": "<i4",
+    "INT16": "<i2",
+    "INT8": "i1",
+    "UINT64": "<u8",
+    "UINT32": "<u4",
+    "UINT16": "<u2",
+    "UINT8": "u1",
+}
 _ACCEPTS = {
     "number": set(_NUMERIC),
     "integer": set(_NUMERIC),
@@ -73,9 +81,11 @@ def _model(request: Request) -> tuple[Snapshot, KnowledgeObject, str]:
     if not dot:
         models = [f"{ko.id}.{f}" for _, ko in snapshot.served() for f in ko.functions]
         raise Problem(
-            404, f"no model {name!r}: models are named id.endpoint", error=f"no model {name!r}",
+            404,
+            f"no model {name!r}: models are named id.endpoint",
+            error=f"no model {name!r}",
             available=sorted(set(models)),
-        )  # fmt: skip
+        )
     try:
         entry = _resolve(snapshot, ko_id, request.path_params.get("version"))
         ko = _servable(snapshot, entry, endpoint)
@@ -128,8 +138,11 @@ def _split_body(request: Request, body: bytes) -> tuple[dict[str, Any], bytes]:
     if header is None:
         media = request.headers.get("content-type", "application/json").split(";", 1)[0].strip().lower()
         if media not in ("application/json", "application/octet-stream", ""):
-            raise Problem(415, f"send application/json (or binary tensors per the extension), not {media!r}",
-                          error=f"unsupported content type {media!r}")  # fmt: skip
+            raise Problem(
+                415,
+                f"send application/json (or binary tensors per the extension), not {media!r}",
+                error=f"unsupported content type {media!r}",
+            )
         head, rest = body, b""
     else:
         if not header.isdigit() or int(header) > len(body):
@@ -284,7 +297,7 @@ async def infer(request: Request) -> Response:
         raise _oip_problem(400, '"outputs" must be a list')
     started = time.perf_counter()
     try:
-        batch = await anyio.to_thread.run_sync(ko.call_batch, endpoint, columns, limiter=state.limiter)
+        batch = await state.dispatcher.run_alone(ko.call_batch, endpoint, columns)
     except InputError as exc:
         state.metrics.observe_call(ko.id, ko.version, f"oip:{endpoint}", time.perf_counter() - started, rows, 400)
         raise _oip_problem(400, f"invalid input for {ko.ref} {endpoint}: {exc}") from None

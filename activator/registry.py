@@ -54,6 +54,7 @@ class Snapshot:
     kos: dict[tuple[str, str], KnowledgeObject]
     failed: list[FailedKO]
     loaded_at: float = field(default_factory=time.time)
+    _resolved: dict[tuple[str, str | None], ShelfEntry] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls) -> Snapshot:
@@ -71,6 +72,15 @@ class Snapshot:
 
     def resolve(self, ko_id: str, spec: str | None) -> ShelfEntry:
         """The entry a version, range or ``None`` (highest active) names. Raises NotFound."""
+        key = (ko_id, spec)
+        entry = self._resolved.get(key)
+        if entry is None:
+            entry = self._resolve(ko_id, spec)
+            if len(self._resolved) < 4096:  # clients choose the keys: keep the cache bounded
+                self._resolved[key] = entry
+        return entry
+
+    def _resolve(self, ko_id: str, spec: str | None) -> ShelfEntry:
         if ko_id not in self.ids:
             raise NotFound(f"no KO {ko_id!r}", available=self.ids)
         reference = Reference.parse(f"{ko_id}@{spec}" if spec else ko_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -129,13 +128,13 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
     status = 200
     try:
         if isinstance(inputs, list):
-            outcomes = await anyio.to_thread.run_sync(_run_batch, ko, endpoint, inputs, limiter=state.limiter)
+            outcomes = await state.dispatcher.run_alone(_run_batch, ko, endpoint, inputs)
             result: Any = [o.result if isinstance(o, CallResult) else None for o in outcomes]
             info["warnings"] = [o.warnings if isinstance(o, CallResult) else [] for o in outcomes]
             info["errors"] = [[e.as_dict() for e in o.errors] if isinstance(o, InputError) else None for o in outcomes]
         else:
             try:
-                out = await anyio.to_thread.run_sync(ko.call, endpoint, inputs, limiter=state.limiter)
+                out = await state.dispatcher.run(ko.call, endpoint, inputs)
             except InputError as exc:
                 status = 422
                 raise Problem(
@@ -149,9 +148,13 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
             info["warnings"] = out.warnings
     finally:
         state.metrics.observe_call(
-            ko.id, ko.version, endpoint, time.perf_counter() - started, len(inputs) if isinstance(inputs, list) else 1,
+            ko.id,
+            ko.version,
+            endpoint,
+            time.perf_counter() - started,
+            len(inputs) if isinstance(inputs, list) else 1,
             status,
-        )  # fmt: skip
+        )
     headers = {}
     if entry.status == "deprecated":
         headers["Deprecation"] = "true"
