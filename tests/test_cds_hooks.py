@@ -492,3 +492,29 @@ def test_bad_feedback_is_400_and_unauthenticated_is_401(base: str) -> None:
     assert post(base, KFRE, {"feedback": []}, path="/feedback").status_code == 400
     body = {"feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-11-01T12:00:00Z"}]}
     assert post(base, KFRE, body, path="/feedback", auth=None).status_code == 401
+
+
+def test_issuer_jwks_from_a_url() -> None:
+    keys = json.dumps(_jwks()).encode()
+
+    class Jwks(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(keys)))
+            self.end_headers()
+            self.wfile.write(keys)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Jwks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
+        verifier = JwtVerifier([TrustedIssuer(ISSUER, jwks_url=url)])
+        aud = "https://svc.example/cds-services/x"
+        assert verifier.verify(token(aud, alg="RS384", kid="rsa1"), aud)["iss"] == ISSUER
+    finally:
+        server.shutdown()
+        server.server_close()
