@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,21 @@ from demo_ko import write_demo_ko
 from kgrid_py.archive import pack
 from kgrid_py.audit import read_audit
 from kgrid_py.build import seal
-from kgrid_py.curator_errors import IncompatibleChange, VectorsFailed, VersionConflict, http_status
-from kgrid_py.errors import IntegrityError, InvalidKO
+from kgrid_py.curator_errors import (
+    ArchiveRejected,
+    ArchiveTooLarge,
+    Forbidden,
+    IncompatibleChange,
+    LifecycleError,
+    RemoteError,
+    SignatureMissing,
+    Unauthorized,
+    UntrustedSignature,
+    VectorsFailed,
+    VersionConflict,
+    http_status,
+)
+from kgrid_py.errors import IntegrityError, InvalidKO, NotFound
 from kgrid_py.lifecycle import set_status
 from kgrid_py.publish import PublishPolicy, publish_archive
 from kgrid_py.shelf import Shelf
@@ -155,3 +169,51 @@ def test_publish_without_compat_or_vector_checks_when_the_policy_says_so(src: Pa
     policy = PublishPolicy(check_compatibility=False, run_vectors=False, activate=False)
     outcome = publish_archive(pack(make_ko(src, "1.1.0", edit=_unit_on_adjusted)), shelf, policy, actor="alice")
     assert outcome.changed and outcome.status == "draft" and outcome.vectors_passed == 0
+
+
+def test_a_failure_at_the_last_step_leaves_nothing_half_written(
+    src: Path, shelf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish_archive(pack(make_ko(src)), shelf, actor="alice")
+    before = snapshot(shelf)
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("kgrid_py.publish.os.rename", crash)
+    with pytest.raises(OSError, match="disk full"):
+        publish_archive(pack(make_ko(src, "1.1.0")), shelf, actor="alice")
+    assert snapshot(shelf) == before
+    assert [e.version for e in Shelf(shelf).entries()] == ["1.0.0"]
+
+
+def test_concurrent_publications_of_one_version(src: Path, shelf: Path) -> None:
+    data = pack(make_ko(src))
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(lambda _: publish_archive(data, shelf, actor="alice"), range(4)))
+    assert sorted(o.changed for o in outcomes) == [False, False, False, True]
+    assert [e.version for e in Shelf(shelf).entries()] == ["1.0.0"]
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ArchiveTooLarge("x"), 413),
+        (ArchiveRejected("x"), 422),
+        (SignatureMissing("x"), 403),
+        (UntrustedSignature("x"), 403),
+        (VersionConflict("x"), 409),
+        (IncompatibleChange("x"), 422),
+        (VectorsFailed("x"), 422),
+        (LifecycleError("x"), 409),
+        (Unauthorized("x"), 401),
+        (Forbidden("x"), 403),
+        (RemoteError("x"), 502),
+        (InvalidKO("x"), 422),
+        (NotFound("x"), 404),
+        (RuntimeError("x"), 500),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
+)
+def test_http_status_table(error: Exception, status: int) -> None:
+    assert http_status(error) == status
