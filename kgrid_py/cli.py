@@ -179,6 +179,16 @@ def build(path: Path, seal_only: bool) -> None:
         click.echo(json.dumps(summary, indent=2, default=str))
 
 
+def _add_library_commands() -> None:
+    """Curator commands and population scoring live in their own modules."""
+    from kgrid_py.curator_cli import COMMANDS
+    from kgrid_py.score_cli import score
+
+    for name, command in COMMANDS.items():
+        cli.add_command(command, name)
+    cli.add_command(score, "score")
+
+
 def _add_plugin_commands() -> None:
     for entry in entry_points(group="kgrid.commands"):
         try:
@@ -196,6 +206,7 @@ def _unavailable(name: str, reason: str) -> click.Command:
     return command
 
 
+_add_library_commands()
 _add_plugin_commands()
 
 

@@ -102,3 +102,18 @@ def test_build_seal_only(demo_path: Path) -> None:
 def test_build_without_source(demo_path: Path) -> None:
     proc = kgrid("build", str(demo_path))
     assert proc.returncode == 1 and "no src/build.py" in proc.stderr
+
+
+def test_curator_commands_are_part_of_kgrid(tmp_path: Path) -> None:
+    assert kgrid("init", "my-score", "--dir", str(tmp_path)).returncode == 0
+    created = next(p.parent for p in tmp_path.rglob("metadata.json"))
+    assert kgrid("validate", str(created)).returncode == 0
+    first, second = tmp_path / "a.zip", tmp_path / "b.zip"
+    assert kgrid("pack", str(created), "--output", str(first)).returncode == 0
+    assert kgrid("pack", str(created), "--output", str(second)).returncode == 0
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_score_is_part_of_kgrid() -> None:
+    proc = kgrid("score", "--help")
+    assert proc.returncode == 0 and "--input" in proc.stdout
