@@ -302,10 +302,13 @@ class FunctionPlan:
             array = arrays[plan.name]
             if plan.population is not None and plan.kind in ("number", "integer"):
                 outside = valid & ~_within(array, plan.population)
-                for row in np.flatnonzero(outside):
-                    warning = plan.warning_for(float(array[row]))
+                rows = np.flatnonzero(outside)
+                # One message per distinct value, not per row: values repeat (whole-year ages).
+                made: dict[float, InputWarning | None] = {}
+                for row, value in zip(rows.tolist(), array[rows].tolist(), strict=True):
+                    warning = made[value] if value in made else made.setdefault(value, plan.warning_for(value))
                     if warning is not None:
-                        warnings.setdefault(int(row), []).append(warning)
+                        warnings.setdefault(row, []).append(warning)
             selected = array if all_valid else array[valid]
             feeds[plan.spec.graph_name] = np.ascontiguousarray(selected, dtype=plan.graph_dtype)
         return BatchFeeds(feeds, valid, errors, warnings)
