@@ -125,7 +125,7 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
         "request_id": request_id,
     }
     started = time.perf_counter()
-    status = 200
+    status = 500  # until the call returns or is refused
     try:
         if isinstance(inputs, list):
             outcomes = await state.dispatcher.run_alone(_run_batch, ko, endpoint, inputs)
@@ -146,6 +146,7 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
                 ) from None
             result = out.result
             info["warnings"] = out.warnings
+        status = 200
     finally:
         state.metrics.observe_call(
             ko.id,
