@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--shelf", type=Path, default=REPO / "knowledge_objects")
     parser.add_argument("--port", type=int, default=18765)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--inference-threads", type=int, default=4, help="passed to kgrid serve")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
     args = parser.parse_args()
 
@@ -163,6 +164,7 @@ def main() -> None:
         shelf, path, inputs, label = _demo_shelf(), "/demo-bmi/1.0.0/bmi", DEMO_INPUT, "demo BMI (no kfre on shelf)"
     command = [sys.executable, "-c", "from kgrid_py.cli import main; main()", "serve", str(shelf)]
     command += ["--port", str(args.port), "--bench-echo", "--no-access-log", "--no-watch"]
+    command += ["--inference-threads", str(args.inference_threads)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_ready(args.port, server)
@@ -192,7 +194,10 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=10)
 
-    print(f"# {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, {path}")
+    print(
+        f"# {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, {path}, "
+        f"{args.inference_threads} inference thread(s), load average {os.getloadavg()[0]:.1f}"
+    )
     print("| endpoint | concurrency | requests | failed | req/s | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, concurrency, o in rows:
