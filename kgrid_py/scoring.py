@@ -543,6 +543,8 @@ class _CsvReader(_Reader):
         self.delimiter = delimiter
         self.batch_size = batch_size
         self.raw: _CountingFile | None = None
+        self.done = 0
+        self.estimated_rows: int | None = None
         with self._stream() as stream:
             header = pacsv.open_csv(stream, parse_options=self._parse_options())
             self.columns = list(header.schema.names)
@@ -561,7 +563,11 @@ class _CsvReader(_Reader):
     def batches(self, needed: list[str]) -> Iterator[tuple[pa.RecordBatch, list[str | None] | None]]:
         stream = self._stream()
         # Aim for batch_size rows per block: estimate bytes per row from the file's start.
-        block = min(max(self._bytes_per_row() * self.batch_size, 1 << 16), 1 << 28)
+        per_row = self._bytes_per_row()
+        block = min(max(per_row * self.batch_size, 1 << 16), 1 << 28)
+        # Arrow reads blocks ahead, so bytes read say little about rows done: estimate the rows.
+        if self.path.suffix.lower() != ".gz" and self.raw is not None:
+            self.estimated_rows = max(self.raw.size // per_row, 1)
         reader = pacsv.open_csv(
             stream,
             read_options=pacsv.ReadOptions(block_size=block),
@@ -575,7 +581,9 @@ class _CsvReader(_Reader):
         try:
             for batch in reader:
                 for start in range(0, batch.num_rows, self.batch_size):
-                    yield batch.slice(start, self.batch_size), None
+                    piece = batch.slice(start, self.batch_size)
+                    self.done += piece.num_rows
+                    yield piece, None
         except pa.ArrowInvalid as exc:
             raise ScoringError(f"{self.path}: {exc}") from None
         finally:
@@ -589,7 +597,9 @@ class _CsvReader(_Reader):
         return max(len(sample) // max(lines, 1), 1)
 
     def fraction(self) -> float | None:
-        return self.raw.fraction if self.raw is not None else None
+        if self.estimated_rows is None:
+            return None
+        return min(self.done / self.estimated_rows, 0.99)
 
 
 class _JsonLinesReader(_Reader):

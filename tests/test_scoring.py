@@ -406,7 +406,7 @@ def test_plain_progress_lines_and_summary(ko: KnowledgeObject, work: Path) -> No
     lines = stream.getvalue().splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("scored 100 rows, ") and "rows/s" in lines[0] and "ETA" in lines[0]
-    assert lines[-1].startswith("scored 300 rows, ") and "100% done" in lines[-1]
+    assert lines[-1].startswith("scored 300 rows, ") and "% done, ETA" in lines[-1]
     text = str(summary)
     assert "rows read:          300" in text and "rows scored:        300" in text
     old = sum(20 + i % 80 > 90 for i in range(300))  # ages over 90 warn
