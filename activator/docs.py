@@ -34,7 +34,8 @@ function example(s, root){
   if(s.type==="array") return [];
   if(s.type==="boolean") return false;
   if(s.type==="integer"||s.type==="number"){
-    const lo=s.minimum??s.exclusiveMinimum, hi=s.maximum??s.exclusiveMaximum;
+    if(s.minimum!==undefined) return s.minimum;
+    const lo=s.exclusiveMinimum, hi=s.maximum??s.exclusiveMaximum;
     if(lo!==undefined&&hi!==undefined) return s.type==="integer"?Math.round((lo+hi)/2):(lo+hi)/2;
     if(lo!==undefined) return lo+1; return 1;}
   return "";

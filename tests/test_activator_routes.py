@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import time
@@ -218,3 +220,26 @@ def test_serve_refuses_a_missing_shelf(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "no shelf folder" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node to run the docs page's script")
+def test_docs_page_prefills_bodies_that_are_valid_calls(client: httpx.Client, tmp_path: Path) -> None:
+    page = client.get("/docs").text
+    script = page.split("<script>")[1].split("</script>")[0]
+    example = script[script.index("function example") : script.index("function el(")]
+    (tmp_path / "spec.json").write_text(client.get("/openapi.json").text)
+    (tmp_path / "examples.js").write_text(
+        example
+        + "const spec = JSON.parse(require('fs').readFileSync(process.argv[2]));\n"
+        + "const out = {};\n"
+        + "for (const [p, item] of Object.entries(spec.paths)) for (const op of Object.values(item))\n"
+        + "  if (op.requestBody) out[p] = example(op.requestBody.content['application/json'].schema, spec);\n"
+        + "console.log(JSON.stringify(out));\n"
+    )
+    result = subprocess.run(
+        ["node", str(tmp_path / "examples.js"), str(tmp_path / "spec.json")], capture_output=True, text=True, timeout=30
+    )
+    examples = json.loads(result.stdout)
+    assert len(examples) == 4
+    for path, body in examples.items():
+        assert client.post(path, json=body).status_code == 200, (path, body)
