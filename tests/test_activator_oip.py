@@ -67,6 +67,9 @@ def test_model_metadata_describes_tensors(client: triton.InferenceServerClient) 
     }
     outputs = {t["name"]: t["datatype"] for t in meta["outputs"]}
     assert outputs == {"bmi": "FP64", "adjusted": "FP64", "category": "BYTES", "obese": "BOOL"}
+    assert client.get_model_metadata(MODEL, "0.9.0")["inputs"] == meta["inputs"]
+    with pytest.raises(InferenceServerException):
+        client.get_model_metadata(MODEL, "1.2.0")  # a draft
 
 
 def test_model_readiness(client: triton.InferenceServerClient) -> None:
