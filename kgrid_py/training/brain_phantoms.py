@@ -48,6 +48,8 @@ _SCALE_SD = 0.028
 _DISPLACEMENT_SD_MM = 2.0
 _DISPLACEMENT_SMOOTH_GRID = 2.0  # grid voxels (~10 mm): smooth, anatomically plausible warps
 _SHIFT_SD_MM = 2.0
+_BIAS_SMOOTH_GRID = 3.0  # grid voxels (~15 mm)
+_BIAS_LOCAL_WEIGHT = 0.5
 _VOXEL_MM = 2.0
 
 
@@ -238,16 +240,22 @@ def _scan(site: Site, gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, rng: np.r
 
 @functools.cache
 def _bias_field(site: str) -> np.ndarray:
-    """The site's coil sensitivity, fixed per scanner: a quadratic polynomial of position, unit SD.
+    """The site's coil sensitivity on a log scale (unit SD), fixed per scanner.
 
-    Fixed rather than drawn per subject, so it is a systematic site difference that a
-    classifier trained on one site has never seen.
+    A random quadratic (the coil's overall fall-off) plus half as much smooth local variation
+    on the scale of the sex blobs. Fixed rather than drawn per subject, so it is a systematic
+    site difference that a classifier trained at another site has never seen.
     """
     rng = np.random.default_rng(list(site.encode()))
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n) for n in GRID_SHAPE), indexing="ij")
     terms = np.stack([x, y, z, x * y, x * z, y * z, x**2, y**2, z**2])
-    field = np.tensordot(rng.normal(size=len(terms)), terms, axes=1)
-    field -= field.mean()
+    field = _unit(np.tensordot(rng.normal(size=len(terms)), terms, axes=1))
+    field += _BIAS_LOCAL_WEIGHT * _smooth_noise(rng, (1, *GRID_SHAPE), _BIAS_SMOOTH_GRID)[0]
+    return _unit(field)
+
+
+def _unit(field: np.ndarray) -> np.ndarray:
+    field = field - field.mean()
     return field / max(float(field.std()), 1e-12)
 
 
