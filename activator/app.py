@@ -206,6 +206,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             state.dispatcher.close()
 
     routes = [
+        # The call routes first: they are the hot path, and every route tried before costs a regex
+        # match. The 1.x catch-all answers a reserved first segment (kos, v2, ...) with 405 itself.
+        *routes_kgrid.call_routes,
         Route("/", root, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
@@ -216,7 +219,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *([Route("/_bench/echo", bench_echo, methods=["POST"])] if settings.bench_echo else []),
         *routes_kgrid.routes,
         *oip.routes,
-        routes_kgrid.call_route,  # last: /{id}/{version}/{endpoint} would shadow fixed routes
     ]
     return Starlette(
         routes=routes,

@@ -6,6 +6,8 @@ process (tests) never collide. With ``--workers N`` each worker counts its own t
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -59,13 +61,35 @@ class Metrics:
         self.served = Gauge("kgrid_kos_served", "KO versions being served", registry=self.registry)
         self.failed = Gauge("kgrid_kos_failed", "KO versions on the shelf that failed to load", registry=self.registry)
         self.generation = Gauge("kgrid_shelf_generation", "Reloads published so far", registry=self.registry)
+        self._call_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_call(self, ko: str, version: str, endpoint: str, seconds: float, items: int, status: int) -> None:
-        self.calls.labels(ko, version, endpoint).inc()
-        self.items.labels(ko, version, endpoint).inc(items)
-        self.latency.labels(ko, version, endpoint).observe(seconds)
+        key = (ko, version, endpoint)
+        children = self._call_children.get(key)
+        if children is None:  # label lookups take a lock each: do them once per KO endpoint
+            children = self._call_children[key] = (
+                self.calls.labels(*key),
+                self.items.labels(*key),
+                self.latency.labels(*key),
+            )
+        calls, scored, latency = children
+        calls.inc()
+        scored.inc(items)
+        latency.observe(seconds)
         if status >= 400:
             self.errors.labels(ko, version, endpoint, str(status)).inc()
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,7 +56,6 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "(unmatched)")
-            self.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.http_latency.labels(route).observe(elapsed)
+            self.metrics.observe_http(scope["method"], route, status, elapsed)
             if self.access_log:
                 access.info("%s %s %s %d %.2fms", request_id, scope["method"], scope["path"], status, elapsed * 1000)

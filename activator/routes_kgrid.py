@@ -254,7 +254,9 @@ routes = [
     Route("/kos/{ko_id}", get_ko, methods=["GET"]),
     Route("/kos/{ko_id}/{version}", get_version, methods=["GET"]),
     Route("/kos/{ko_id}/{version}/service", get_service, methods=["GET"]),
-    Route("/endpoints/{ko_id}/{endpoint}", call_v2, methods=["POST"]),
 ]
-# The KGrid 1.x catch-all goes last, after every fixed route (see app.py).
-call_route = Route("/{ko_id}/{version}/{endpoint}", call_v1, methods=["POST"])
+# In this order: /endpoints/... would otherwise be taken for a KO named "endpoints".
+call_routes = [
+    Route("/endpoints/{ko_id}/{endpoint}", call_v2, methods=["POST"]),
+    Route("/{ko_id}/{version}/{endpoint}", call_v1, methods=["POST"]),
+]
