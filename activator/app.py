@@ -207,8 +207,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     routes = [
         # The call routes first: they are the hot path, and every route tried before costs a regex
-        # match. The 1.x catch-all answers a reserved first segment (kos, v2, ...) with 405 itself.
-        *routes_kgrid.call_routes,
+        # match. The KGrid 1.x route yields to every other route's first segment (kos, v2, ...).
+        *routes_kgrid.call_routes(),
         Route("/", root, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
@@ -220,12 +220,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *routes_kgrid.routes,
         *oip.routes,
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContext, metrics=metrics_, access_log=settings.access_log)],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+    for route in app.router.routes:
+        if isinstance(route, routes_kgrid.KORoute):
+            route.siblings = app.router.routes  # the live list: routes added later are seen too
+    return app
 
 
 def configure_logging(level: int = logging.INFO) -> None:

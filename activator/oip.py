@@ -24,7 +24,7 @@ from starlette.routing import Route
 from activator.http import json_response, parse_json, read_body, state_of
 from activator.problems import Problem
 from activator.registry import Snapshot
-from activator.routes_kgrid import _resolve, _servable, snapshot_of
+from activator.routes_kgrid import resolve_entry, servable, snapshot_of
 from kgrid_py import __version__
 from kgrid_py.errors import InputError
 from kgrid_py.ko import KnowledgeObject
@@ -87,8 +87,8 @@ def _model(request: Request) -> tuple[Snapshot, KnowledgeObject, str]:
             available=sorted(set(models)),
         )
     try:
-        entry = _resolve(snapshot, ko_id, request.path_params.get("version"))
-        ko = _servable(snapshot, entry, endpoint)
+        entry = resolve_entry(snapshot, ko_id, request.path_params.get("version"))
+        ko = servable(snapshot, entry, endpoint)
     except Problem as problem:
         problem.extensions.setdefault("error", problem.detail)
         raise

@@ -16,7 +16,8 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import Scope
 
 from activator.http import json_response, parse_json, read_body, require_json, state_of
 from activator.problems import Problem
@@ -26,12 +27,7 @@ from kgrid_py.ko import CallResult, KnowledgeObject
 from kgrid_py.openapi import service_spec
 from kgrid_py.shelf import InvalidReference, Reference, ShelfEntry
 
-__all__ = ["RESERVED", "call_address", "routes", "snapshot_of"]
-
-# First path segments that belong to the activator, so a KO id cannot shadow them.
-RESERVED = frozenset(
-    {"kos", "endpoints", "v2", "admin", "health", "ready", "metrics", "docs", "openapi.json", "_bench"}
-)
+__all__ = ["KORoute", "call_address", "call_routes", "resolve_entry", "routes", "servable", "snapshot_of"]
 
 
 def snapshot_of(request: Request) -> Snapshot:
@@ -46,7 +42,7 @@ def call_address(entry: ShelfEntry, endpoint: str | None = None) -> str:
     return f"{base}/{endpoint}" if endpoint else base
 
 
-def _resolve(snapshot: Snapshot, ko_id: str, spec: str | None, *, from_query: bool = False) -> ShelfEntry:
+def resolve_entry(snapshot: Snapshot, ko_id: str, spec: str | None, *, from_query: bool = False) -> ShelfEntry:
     try:
         return snapshot.resolve(ko_id, spec)
     except InvalidReference as exc:
@@ -59,7 +55,7 @@ def _resolve(snapshot: Snapshot, ko_id: str, spec: str | None, *, from_query: bo
         raise Problem(404, Exception.__str__(exc), available=exc.available) from None
 
 
-def _servable(snapshot: Snapshot, entry: ShelfEntry, endpoint: str | None = None) -> KnowledgeObject:
+def servable(snapshot: Snapshot, entry: ShelfEntry, endpoint: str | None = None) -> KnowledgeObject:
     """The loaded KO for an entry: 410 if retired, 404 if a draft."""
     if entry.status == "retired":
         extensions: dict[str, Any] = {}
@@ -109,8 +105,8 @@ def _run_batch(ko: KnowledgeObject, endpoint: str, items: list[Any]) -> list[Cal
 async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *, from_query: bool) -> Response:
     state = state_of(request)
     snapshot = snapshot_of(request)
-    entry = _resolve(snapshot, ko_id, spec, from_query=from_query)
-    ko = _servable(snapshot, entry, endpoint)
+    entry = resolve_entry(snapshot, ko_id, spec, from_query=from_query)
+    ko = servable(snapshot, entry, endpoint)
     if endpoint not in ko.functions:
         raise Problem(404, f"{ko.ref} has no endpoint {endpoint!r}", available=ko.functions)
     require_json(request)
@@ -169,8 +165,6 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
 
 async def call_v1(request: Request) -> Response:
     params = request.path_params
-    if params["ko_id"] in RESERVED:
-        raise Problem(405, f"{request.method} is not allowed on {request.url.path}", headers={"Allow": "GET, HEAD"})
     return await _call(request, params["ko_id"], params["version"], params["endpoint"], from_query=False)
 
 
@@ -228,7 +222,7 @@ def _entry_for_read(request: Request, snapshot: Snapshot) -> ShelfEntry:
             raise Problem(
                 404, f"{ko_id} {version} failed to load and is not served: {failure.reason}", reason=failure.reason
             )
-    return _resolve(snapshot, ko_id, version)
+    return resolve_entry(snapshot, ko_id, version)
 
 
 async def get_version(request: Request) -> Response:
@@ -244,7 +238,7 @@ async def get_version(request: Request) -> Response:
 async def get_service(request: Request) -> Response:
     snapshot = snapshot_of(request)
     entry = _entry_for_read(request, snapshot)
-    ko = _servable(snapshot, entry)
+    ko = servable(snapshot, entry)
     spec = service_spec(ko.metadata)
     return json_response(spec)
 
@@ -255,8 +249,42 @@ routes = [
     Route("/kos/{ko_id}/{version}", get_version, methods=["GET"]),
     Route("/kos/{ko_id}/{version}/service", get_service, methods=["GET"]),
 ]
-# In this order: /endpoints/... would otherwise be taken for a KO named "endpoints".
-call_routes = [
-    Route("/endpoints/{ko_id}/{endpoint}", call_v2, methods=["POST"]),
-    Route("/{ko_id}/{version}/{endpoint}", call_v1, methods=["POST"]),
-]
+
+
+class KORoute(Route):
+    """``/{ko_id}/...``: never matches a path whose first segment belongs to another route.
+
+    So it can be tried first (the call routes are the hot path, and each route tried before one
+    costs a regex match) without shadowing ``/kos/...``, ``/v2/...`` or routes added later: the
+    reserved segments are the fixed first segments of every route beside it in ``siblings``.
+    """
+
+    def __init__(self, path: str, endpoint: Any, *, methods: list[str]) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.siblings: list[BaseRoute] = []
+        self._reserved: frozenset[str] = frozenset()
+        self._seen = -1
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] == "http":
+            if len(self.siblings) != self._seen:  # routes were added: recompute what they own
+                self._seen = len(self.siblings)
+                self._reserved = frozenset(_first_segment(r) for r in self.siblings if r is not self) - {""}
+            first = scope["path"][1:].partition("/")[0]
+            if first in self._reserved:
+                return Match.NONE, {}
+        return super().matches(scope)
+
+
+def _first_segment(route: BaseRoute) -> str:
+    path = getattr(route, "path", "")
+    first = path[1:].partition("/")[0]
+    return "" if "{" in first else first
+
+
+def call_routes() -> list[BaseRoute]:
+    """The two call routes, new for each app (a KORoute holds its app's route list)."""
+    return [
+        Route("/endpoints/{ko_id}/{endpoint}", call_v2, methods=["POST"]),
+        KORoute("/{ko_id}/{version}/{endpoint}", call_v1, methods=["POST"]),
+    ]

@@ -13,6 +13,9 @@ import pytest
 import uvicorn
 from activator_server import GOOD, free_port
 from demo_ko import write_demo_ko
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
 
 from activator import Settings, create_app
 from activator.dispatch import Dispatcher
@@ -91,3 +94,20 @@ def test_dispatcher_runs_long_jobs_alone() -> None:
             dispatcher.close()
 
     assert list(asyncio.run(scenario())) == [3, 3]
+
+
+def test_routes_added_after_the_app_are_not_shadowed_by_the_ko_route(tmp_path: Path) -> None:
+    app = create_app(Settings(shelf=tmp_path, watch=False))
+
+    async def extra(request: Request) -> Response:
+        return PlainTextResponse("extra")
+
+    app.router.routes.append(Route("/cds-services/{service}/feedback", extra, methods=["POST"]))
+
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/cds-services/kfre/feedback", json={})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 200 and response.text == "extra"
