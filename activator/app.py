@@ -217,6 +217,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/docs", docs_page, methods=["GET"]),
         Route("/admin/reload", admin_reload, methods=["POST"]),
         *([Route("/_bench/echo", bench_echo, methods=["POST"])] if settings.bench_echo else []),
+        *_cds_routes(settings),
         *routes_kgrid.routes,
         *oip.routes,
     ]
@@ -230,6 +231,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if isinstance(route, routes_kgrid.KORoute):
             route.siblings = app.router.routes  # the live list: routes added later are seen too
     return app
+
+
+def _served_kos(request: Any) -> list[Any]:
+    return [ko for _, ko in request.state.activator.registry.current.served()]
+
+
+def _cds_routes(settings: Settings) -> list[Any]:
+    """CDS Hooks 2.0 services for every served KO function that declares FHIR bindings."""
+    from activator.cds_hooks import CdsHooks, CdsSettings
+
+    cds = CdsHooks(_served_kos, CdsSettings(no_auth=settings.cds_no_auth, issuers_file=settings.cds_issuers))
+    return list(cds.routes)
 
 
 def configure_logging(level: int = logging.INFO) -> None:

@@ -48,6 +48,13 @@ __all__ = ["serve"]
 )
 @click.option("--verify-vectors/--no-verify-vectors", default=True, show_default=True, help="Test KOs before serving.")
 @click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log one line per request.")
+@click.option(
+    "--cds-issuers",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON file of trusted CDS Hooks issuers and their JWKS.",
+)
+@click.option("--cds-no-auth", is_flag=True, help="Turn CDS Hooks JWT checks off (local development only).")
 @click.option("--bench-echo", is_flag=True, hidden=True, help="Serve /_bench/echo for the HTTP benchmark.")
 def serve(
     shelf: Path,
@@ -62,6 +69,8 @@ def serve(
     watch_interval: float,
     verify_vectors: bool,
     access_log: bool,
+    cds_issuers: Path | None,
+    cds_no_auth: bool,
     bench_echo: bool,
 ) -> None:
     """Serve every KO version on SHELF over HTTP (default: $KGRID_SHELF, else ./knowledge_objects)."""
@@ -84,6 +93,8 @@ def serve(
         reload_signal=signal,
         bench_echo=bench_echo,
         access_log=access_log,
+        cds_issuers=cds_issuers.resolve() if cds_issuers else None,
+        cds_no_auth=cds_no_auth,
     )
     os.environ[ENV_VAR] = settings.to_env()  # worker processes read their settings from here
     configure_logging()

@@ -37,6 +37,9 @@ class Settings:
     # Hidden /_bench/echo route: parses and returns JSON on the same stack, for the benchmark.
     bench_echo: bool = False
     access_log: bool = True
+    # CDS Hooks: trusted EHR issuers (JSON file); cds_no_auth turns JWT checks off (development only).
+    cds_issuers: Path | None = None
+    cds_no_auth: bool = False
 
     def to_env(self) -> str:
         data = dataclasses.asdict(self)
@@ -49,7 +52,7 @@ class Settings:
         if not text:
             return cls(shelf=Path(os.environ.get("KGRID_SHELF", "knowledge_objects")))
         data = json.loads(text)
-        for key in ("shelf", "reload_signal"):
+        for key in ("shelf", "reload_signal", "cds_issuers"):
             if data.get(key) is not None:
                 data[key] = Path(data[key])
         return cls(**data)
