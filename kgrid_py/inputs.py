@@ -94,7 +94,10 @@ class FieldPlan:
                 value = value["value"]
             if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
                 raise ValueError(f"must be a number, got {_describe(value)}")
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                raise ValueError("is too large to be a number") from None
             if not math.isfinite(number):
                 raise ValueError(f"must be a finite number, got {number}")
             if kind == "integer" and not number.is_integer():

@@ -189,6 +189,10 @@ def test_wrong_types_and_units(ko, field: str, value: object, needle: str) -> No
     assert needle in errors[field]
 
 
+def test_huge_integer_is_an_input_error(ko) -> None:
+    assert "too large" in _errors(ko, {**PATIENT, "weight": 10**400})["weight"]
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_nan_and_infinity(ko, value: float) -> None:
     assert "finite" in _errors(ko, {**PATIENT, "weight": value})["weight"]
