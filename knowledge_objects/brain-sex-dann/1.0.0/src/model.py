@@ -8,6 +8,7 @@ learns features that do not tell the scanner sites apart; it never enters the gr
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,13 @@ def export_onnx(net: BrainSexNet, path: Path) -> None:
     """Write the served graph: input ``image`` [batch,1,32,40,32], output ``probabilities``."""
     module = ExportedClassifier(net).eval()
     example = torch.zeros((2, *INPUT_SHAPE), dtype=torch.float32)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose: it writes one self-contained file.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export(module, example, path)
+
+
+def _export(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         module,
         (example,),
