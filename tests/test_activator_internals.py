@@ -102,12 +102,12 @@ def test_routes_added_after_the_app_are_not_shadowed_by_the_ko_route(tmp_path: P
     async def extra(request: Request) -> Response:
         return PlainTextResponse("extra")
 
-    app.router.routes.append(Route("/cds-services/{service}/feedback", extra, methods=["POST"]))
+    app.router.routes.append(Route("/plugins/{service}/feedback", extra, methods=["POST"]))
 
     async def scenario() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.post("/cds-services/kfre/feedback", json={})
+            return await client.post("/plugins/kfre/feedback", json={})
 
     response = asyncio.run(scenario())
     assert response.status_code == 200 and response.text == "extra"
