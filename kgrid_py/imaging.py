@@ -100,7 +100,8 @@ def prepare_volume(value: Any) -> np.ndarray:
     """Turn one brain volume into the model's float32 input of shape ``[1, 32, 40, 32]``.
 
     ``value`` is a path (``.nii``, ``.nii.gz``, ``.npy``), the bytes of such a file, or a numpy
-    array on the model grid (``[32,40,32]`` or ``[1,32,40,32]``) or on an MNI152 grid.
+    array (or nested lists, as JSON gives) on the model grid (``[32,40,32]`` or
+    ``[1,32,40,32]``) or on an MNI152 grid.
     Raises ``InputError`` naming ``image`` when the volume is unreadable, not 3D, not in MNI152
     space at 2 or 1 mm, has NaN or infinite voxels, or is blank.
     """
@@ -110,6 +111,12 @@ def prepare_volume(value: Any) -> np.ndarray:
         volume = _read_bytes(bytes(value))
     elif isinstance(value, np.ndarray):
         volume = _from_array(value)
+    elif isinstance(value, list | tuple):
+        try:
+            array = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError):
+            _fail("nested lists must form a regular numeric array")
+        volume = _from_array(array)
     else:
         kind = type(value).__name__
         _fail(f"expected a NIfTI or .npy file (path or bytes) or an array, got {kind}")

@@ -92,6 +92,11 @@ def test_npy_file_bytes_and_array(grid_volume: np.ndarray, tmp_path: Path, shape
         np.testing.assert_array_equal(prepare_volume(value)[0], grid_volume)
 
 
+def test_nested_lists_as_json_gives(grid_volume: np.ndarray) -> None:
+    np.testing.assert_array_equal(prepare_volume(grid_volume[np.newaxis].tolist())[0], grid_volume)
+    _assert_refused([[1.0, 2.0], [3.0]], "regular numeric array")
+
+
 def test_npy_float64_is_cast(grid_volume: np.ndarray) -> None:
     prepared = prepare_volume(grid_volume.astype(np.float64))
     assert prepared.dtype == np.float32
