@@ -5,8 +5,8 @@ packager to put into the metadata and the model card. Every method of ``train.ME
 trained with the same seed and scored on the 400-subject target test set; the exported graph is
 scored again through ONNX Runtime so the table describes the file that ships.
 
-Usage: ``python build.py [KO_DIR]`` (default: the folder above this one). About 5 minutes on
-one core: data 30 s, DANN 2 min, the four comparison methods 2-3 min.
+Usage: ``python build.py [KO_DIR]`` (default: the folder above this one). About 7 minutes on
+one core: data 45 s, DANN 2.5 min, the four comparison methods 3.5 min.
 """
 
 from __future__ import annotations
