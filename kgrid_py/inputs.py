@@ -12,7 +12,8 @@ import base64
 import binascii
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,13 @@ class InputWarning:
 
     field: str
     message: str
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", f"{self.field}: {self.message}")  # batches print it per row
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        return self.text
 
 
 def _fmt(value: float) -> str:
@@ -139,11 +144,17 @@ class FieldPlan:
     def warning_for(self, number: float) -> InputWarning | None:
         if self.population is None or self.population.contains(number):
             return None
+        return InputWarning(self.name, f"{_fmt(number)}{self._warning_tail}")
+
+    @cached_property
+    def _warning_tail(self) -> str:
+        """Everything after the value: the same for every warning of this field."""
+        assert self.population is not None
+        unit = f" {self.unit}" if self.unit else ""
         note = f" {self.spec.population_note}" if self.spec.population_note else ""
-        return InputWarning(
-            self.name,
-            f"{_fmt(number)} {self.unit or ''} is outside the intended population "
-            f"({self.population.describe()}); the result is an extrapolation.{note}".replace("  ", " "),
+        return (
+            f"{unit} is outside the intended population ({self.population.describe()}); "
+            f"the result is an extrapolation.{note}"
         )
 
 
