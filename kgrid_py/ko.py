@@ -109,6 +109,9 @@ class _Function:
         self.outputs: list[OutputSpec] = list(spec.outputs)
         self.output_graph_names = list(dict.fromkeys(o.graph_name for o in self.outputs))
         self.provenance = provenance
+        # Built once: every result of this function carries these (e.g. "synthetic data only").
+        self.result_warnings = [InputWarning("(model)", text) for text in spec.result_warnings]
+        self.result_warning_texts = tuple(str(w) for w in self.result_warnings)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One graph run; each declared output's array (several may read one graph output)."""
@@ -196,6 +199,8 @@ class KnowledgeObject:
         feeds, warnings = fn.plan.prepare_one(inputs)
         outputs = fn.run(feeds)
         result = {spec.name: _scalar(spec, array) for spec, array in zip(fn.outputs, outputs, strict=True)}
+        if fn.result_warnings:
+            warnings = warnings + fn.result_warnings
         return CallResult(result, warnings, fn.provenance)
 
     def call_batch(self, function: str, table: Any, *, units: Mapping[str, str] | None = None) -> BatchResult:
@@ -215,6 +220,9 @@ class KnowledgeObject:
         warnings: list[tuple[str, ...]] = [()] * n_rows
         for row, found in batch.warnings.items():
             warnings[row] = tuple(str(w) for w in found)
+        if fn.result_warning_texts:
+            extra = fn.result_warning_texts
+            warnings = [w + extra if ok else w for w, ok in zip(warnings, batch.valid.tolist(), strict=True)]
         return BatchResult(result, errors, warnings, fn.provenance, batch.errors)
 
     # -- self-test -----------------------------------------------------------------------------

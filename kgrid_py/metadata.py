@@ -243,6 +243,9 @@ class FunctionSpec(_Model):
         default_factory=dict,
         description="Inputs earlier versions took, with why they are gone (sending one is an error)",
     )
+    result_warnings: list[str] = Field(
+        default_factory=list, description="Warnings attached to every result of this function"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> FunctionSpec:
