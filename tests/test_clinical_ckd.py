@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import pytest
+from clinical_support import import_source as _import
+from clinical_support import raw_session as _session
 
 import kgrid_py
 from kgrid_py.errors import InputError
@@ -21,17 +20,6 @@ KO = SHELF / "ckd-epi-egfr"
 VERSIONS = ["1.0.0", "2.0.0"]
 FUNCTIONS = ["egfr-cr", "egfr-cys", "egfr-cr-cys"]
 N = 3000
-
-
-def _import(path: Path) -> ModuleType:
-    name = "_test_clinical_" + "".join(c if c.isalnum() else "_" for c in str(path))
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _build_module(version: str) -> ModuleType:
@@ -63,14 +51,6 @@ def _random_feeds(names: list[str], n: int = N, seed: int = 0) -> dict[str, np.n
     columns["creatinine"][:k] = kappa * (1 + rng.choice([-1e-9, 0.0, 1e-9, -0.01, 0.01], k))
     columns["cystatin_c"][:k] = 0.8 * (1 + rng.choice([-1e-9, 0.0, 1e-9, -0.01, 0.01], k))
     return {name: columns[name] for name in names}
-
-
-def _session(path: Path) -> Any:
-    ort = pytest.importorskip("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _model_path(version: str, function: str) -> Path:
@@ -135,8 +115,7 @@ def test_stage_edges_apply_to_the_unrounded_egfr() -> None:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if ref.egfr_cr(50.0, False, mid) > edge else (lo, mid)
         scr = np.array([hi * 1.0001, lo / 1.0001])
-        egfr, stage = session.run(
-            ["egfr", "stage"], {"age": age, "sex": np.ones(2), "creatinine": scr})
+        egfr, stage = session.run(["egfr", "stage"], {"age": age, "sex": np.ones(2), "creatinine": scr})
         assert egfr[0] < edge <= egfr[1]
         assert stage[0] == below_label and stage[1] == below_label - 1
         lo, hi = 0.3, 20.0
@@ -155,8 +134,7 @@ def test_fresh_build_computes_the_committed_graphs(version: str, tmp_path: Path)
         for a, b in zip(fresh, committed, strict=True):
             assert np.array_equal(a, b)
     # The committed vectors are what the reference gives today.
-    assert json.loads((tmp_path / "tests.json").read_text()) == json.loads(
-        (KO / version / "tests.json").read_text())
+    assert json.loads((tmp_path / "tests.json").read_text()) == json.loads((KO / version / "tests.json").read_text())
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -170,10 +148,8 @@ def test_versions_give_2009_and_2021_results_for_the_same_patient() -> None:
     patient = {"age": 55, "sex": "male", "creatinine": 1.2}
     v1 = kgrid_py.load("ckd-epi-egfr@1", shelf=SHELF).call("egfr-cr", patient).result
     v2 = kgrid_py.load("ckd-epi-egfr@2", shelf=SHELF).call("egfr-cr", patient).result
-    assert v1["egfr"] == pytest.approx(float(_reference("1.0.0").egfr_cr(55, False, 1.2, False)),
-                                       rel=1e-12)
-    assert v2["egfr"] == pytest.approx(float(_reference("2.0.0").egfr_cr(55, False, 1.2)),
-                                       rel=1e-12)
+    assert v1["egfr"] == pytest.approx(float(_reference("1.0.0").egfr_cr(55, False, 1.2, False)), rel=1e-12)
+    assert v2["egfr"] == pytest.approx(float(_reference("2.0.0").egfr_cr(55, False, 1.2)), rel=1e-12)
     assert round(v2["egfr"]) == 71  # NKF 2021 calculator
     assert v1["egfr"] == pytest.approx(67.67, abs=0.01)
     assert kgrid_py.load("ckd-epi-egfr", shelf=SHELF).version == "2.0.0"
@@ -190,6 +166,5 @@ def test_black_sent_to_the_race_free_refit_is_an_error_that_says_why() -> None:
 def test_umol_per_litre_creatinine_is_converted() -> None:
     ko = kgrid_py.load("ckd-epi-egfr@2", shelf=SHELF)
     mg = ko.call("egfr-cr", {"age": 55, "sex": "male", "creatinine": 1.2}).result
-    umol = ko.call("egfr-cr", {"age": 55, "sex": "male",
-                               "creatinine": {"value": 106.08, "unit": "umol/L"}}).result
+    umol = ko.call("egfr-cr", {"age": 55, "sex": "male", "creatinine": {"value": 106.08, "unit": "umol/L"}}).result
     assert umol["egfr"] == pytest.approx(mg["egfr"], rel=1e-12)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
-import sys
 import warnings
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from clinical_support import import_source as _import
+from clinical_support import raw_session as _session
 
 import kgrid_py
 
@@ -22,25 +21,6 @@ KO = SHELF / "kfre" / "1.0.0"
 MODELS = {"four-variable": "four_variable.onnx", "eight-variable": "eight_variable.onnx"}
 REGIONS = ["north_american", "non_north_american"]
 N = 3000
-
-
-def _import(path: Path) -> ModuleType:
-    name = "_test_clinical_" + "".join(c if c.isalnum() else "_" for c in str(path))
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def _session(path: Path) -> Any:
-    ort = pytest.importorskip("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _graph_inputs(function: str) -> list[str]:
@@ -76,8 +56,7 @@ def _reference_risks(function: str, feeds: dict[str, np.ndarray]) -> dict[str, n
         lp, variables = ref.lp_eight(*base, *labs), 8
     na = feeds["region"] < 0.5
     return {
-        f"risk_{y}y": np.where(na, ref.risk(lp, variables, y, True), ref.risk(lp, variables, y, False))
-        for y in (2, 5)
+        f"risk_{y}y": np.where(na, ref.risk(lp, variables, y, True), ref.risk(lp, variables, y, False)) for y in (2, 5)
     }
 
 
@@ -102,19 +81,27 @@ def test_torch_matches_onnx_runtime(function: str) -> None:
 @pytest.mark.parametrize("function", list(MODELS))
 def test_onnx_matches_reference(function: str) -> None:
     feeds = _random_feeds(_graph_inputs(function), seed=1)
-    got = dict(zip(("risk_2y", "risk_5y"),
-                   _session(KO / MODELS[function]).run(["risk_2y", "risk_5y"], feeds), strict=True))
+    got = dict(
+        zip(("risk_2y", "risk_5y"), _session(KO / MODELS[function]).run(["risk_2y", "risk_5y"], feeds), strict=True)
+    )
     for name, want in _reference_risks(function, feeds).items():
         rel = np.abs(got[name] - want) / want
-        print(f"kfre {function} {name}: ORT vs reference max rel diff {rel.max():.3e} "
-              f"(risks {want.min():.1e} to {want.max():.3f})")
+        print(
+            f"kfre {function} {name}: ORT vs reference max rel diff {rel.max():.3e} "
+            f"(risks {want.min():.1e} to {want.max():.3f})"
+        )
         assert rel.max() <= 1e-12
 
 
 def test_small_risks_keep_their_relative_precision() -> None:
     # Young, high eGFR, tiny UACR: risk ~1e-8, where 1 - S0**exp(LP) would lose ~8 digits.
-    feeds = {"age": np.array([18.0]), "sex": np.array([0.0]), "egfr": np.array([150.0]),
-             "uacr": np.array([0.1]), "region": np.array([1.0])}
+    feeds = {
+        "age": np.array([18.0]),
+        "sex": np.array([0.0]),
+        "egfr": np.array([150.0]),
+        "uacr": np.array([0.1]),
+        "region": np.array([1.0]),
+    }
     risk_2y, _ = _session(KO / MODELS["four-variable"]).run(None, feeds)
     want = _reference_risks("four-variable", feeds)["risk_2y"]
     assert want[0] < 1e-6
@@ -126,8 +113,7 @@ def _kfre_grid(function: str) -> dict[str, np.ndarray]:
     egfrs = [10, 15, 22.5, 30, 45, 59.9]
     uacrs = [0.5, 3, 30, 300, 3000, 20000]
     rows = list(itertools.product(ages, ["female", "male"], egfrs, uacrs))
-    grid = {name: np.array([r[i] for r in rows]) for i, name in
-            enumerate(("age", "sex", "egfr", "uacr"))}
+    grid = {name: np.array([r[i] for r in rows]) for i, name in enumerate(("age", "sex", "egfr", "uacr"))}
     if function == "eight-variable":
         rng = np.random.default_rng(3)
         n = len(rows)
@@ -149,13 +135,16 @@ def test_agrees_with_the_pypi_kfre_package(function: str, region: str) -> None:
     ko = kgrid_py.load("kfre@1", shelf=SHELF)
     out = ko.call_batch(function, {**grid, "region": np.array([region] * n, dtype=object)})
     assert all(e is None for e in out.errors)
-    df = pd.DataFrame({"age": grid["age"], "sex": grid["sex"], "egfr": grid["egfr"],
-                       "uacr": grid["uacr"]})
+    df = pd.DataFrame({"age": grid["age"], "sex": grid["sex"], "egfr": grid["egfr"], "uacr": grid["uacr"]})
     columns = {"age": "age", "sex": "sex", "eGFR": "egfr", "uACR": "uacr"}
     extra: dict[str, Any] = {}
     if function == "eight-variable":
-        for name, col in (("albumin", "albumin"), ("phosphorous", "phosphate"),
-                          ("bicarbonate", "bicarbonate"), ("calcium", "calcium")):
+        for name, col in (
+            ("albumin", "albumin"),
+            ("phosphorous", "phosphate"),
+            ("bicarbonate", "bicarbonate"),
+            ("calcium", "calcium"),
+        ):
             df[col] = grid[col]
             columns[name] = col
         extra = {"use_extra_vars": True, "num_vars": 8}
@@ -163,9 +152,10 @@ def test_agrees_with_the_pypi_kfre_package(function: str, region: str) -> None:
     for years in (2, 5):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # kfre warns about its own scope checks
-            theirs = np.asarray(kfre.predict_kfre(
-                df, columns, years, is_north_american=region == "north_american", **extra),
-                dtype=np.float64)
+            theirs = np.asarray(
+                kfre.predict_kfre(df, columns, years, is_north_american=region == "north_american", **extra),
+                dtype=np.float64,
+            )
         ours = out[f"risk_{years}y"]
         rel = np.abs(ours - theirs) / theirs
         worst = max(worst, float(rel.max()))
@@ -190,8 +180,7 @@ def test_calculator_example_through_the_cli() -> None:
     from kgrid_py.cli import cli
 
     patient = json.dumps({"age": 63, "sex": "female", "egfr": 45, "uacr": 30})
-    run = CliRunner().invoke(cli, ["run", "kfre", "four-variable", "--input", patient,
-                                   "--shelf", str(SHELF)])
+    run = CliRunner().invoke(cli, ["run", "kfre", "four-variable", "--input", patient, "--shelf", str(SHELF)])
     assert run.exit_code == 0, run.output
     result = json.loads(run.output)["result"]
     assert 0.004 <= result["risk_2y"] < 0.005  # calculator: 0.4 %
@@ -232,5 +221,4 @@ def test_fresh_build_computes_the_committed_graphs(tmp_path: Path) -> None:
         committed = _session(KO / filename).run(None, feeds)
         for a, b in zip(fresh, committed, strict=True):
             assert np.array_equal(a, b)
-    assert json.loads((tmp_path / "tests.json").read_text()) == json.loads(
-        (KO / "tests.json").read_text())
+    assert json.loads((tmp_path / "tests.json").read_text()) == json.loads((KO / "tests.json").read_text())

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from clinical_support import import_source as _import
+from clinical_support import raw_session as _session
 
 import kgrid_py
 from kgrid_py.errors import InputError
@@ -20,25 +19,6 @@ SHELF = REPO / "knowledge_objects"
 KO = SHELF / "plcom2012" / "1.0.0"
 OUTPUTS = ["risk_6y", "screening_recommended"]
 N = 3000
-
-
-def _import(path: Path) -> ModuleType:
-    name = "_test_clinical_" + "".join(c if c.isalnum() else "_" for c in str(path))
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-def _session(path: Path) -> Any:
-    ort = pytest.importorskip("onnxruntime")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _metadata() -> dict[str, Any]:
@@ -71,13 +51,17 @@ def _reference_risk(feeds: dict[str, np.ndarray]) -> np.ndarray:
     out = np.empty(len(feeds["age"]))
     for i in range(len(out)):
         out[i] = ref.risk_6y(
-            age=feeds["age"][i], race=races[int(feeds["race"][i])],
-            education=feeds["education"][i], bmi=feeds["bmi"][i], copd=bool(feeds["copd"][i]),
+            age=feeds["age"][i],
+            race=races[int(feeds["race"][i])],
+            education=feeds["education"][i],
+            bmi=feeds["bmi"][i],
+            copd=bool(feeds["copd"][i]),
             personal_cancer_history=bool(feeds["personal_cancer_history"][i]),
             family_lung_cancer_history=bool(feeds["family_lung_cancer_history"][i]),
             current_smoker=feeds["smoking_status"][i] == 0.0,
             cigarettes_per_day=feeds["cigarettes_per_day"][i],
-            smoking_years=feeds["smoking_years"][i], years_since_quit=feeds["years_since_quit"][i],
+            smoking_years=feeds["smoking_years"][i],
+            years_since_quit=feeds["years_since_quit"][i],
         )
     return out
 
@@ -102,8 +86,9 @@ def test_onnx_matches_reference() -> None:
     risk, flag = _session(KO / "risk.onnx").run(OUTPUTS, feeds)
     want = _reference_risk(feeds)
     rel = np.abs(risk - want) / want
-    print(f"plcom2012 risk_6y: ORT vs reference max rel diff {rel.max():.3e} "
-          f"(risks {want.min():.1e} to {want.max():.3f})")
+    print(
+        f"plcom2012 risk_6y: ORT vs reference max rel diff {rel.max():.3e} (risks {want.min():.1e} to {want.max():.3f})"
+    )
     assert rel.max() <= 1e-12
     assert np.array_equal(flag, want >= feeds["threshold"])
 
@@ -111,11 +96,19 @@ def test_onnx_matches_reference() -> None:
 def test_tiny_risks_keep_their_relative_precision() -> None:
     # ONNX Runtime's float64 Sigmoid is ~1e-3 off at logit -30; the graph avoids it.
     feeds = {name: col[:1] for name, col in _random_feeds(n=1).items()}
-    feeds.update(age=np.array([18.0]), education=np.array([6.0]), bmi=np.array([60.0]),
-                 race=np.array([2.0]), cigarettes_per_day=np.array([0.3]),
-                 smoking_years=np.array([1.0]), smoking_status=np.array([1.0]),
-                 years_since_quit=np.array([60.0]), copd=np.zeros(1),
-                 personal_cancer_history=np.zeros(1), family_lung_cancer_history=np.zeros(1))
+    feeds.update(
+        age=np.array([18.0]),
+        education=np.array([6.0]),
+        bmi=np.array([60.0]),
+        race=np.array([2.0]),
+        cigarettes_per_day=np.array([0.3]),
+        smoking_years=np.array([1.0]),
+        smoking_status=np.array([1.0]),
+        years_since_quit=np.array([60.0]),
+        copd=np.zeros(1),
+        personal_cancer_history=np.zeros(1),
+        family_lung_cancer_history=np.zeros(1),
+    )
     risk, _ = _session(KO / "risk.onnx").run(OUTPUTS, feeds)
     want = _reference_risk(feeds)
     assert want[0] < 1e-20
@@ -124,10 +117,19 @@ def test_tiny_risks_keep_their_relative_precision() -> None:
 
 def test_published_examples_through_the_loader() -> None:
     ko = kgrid_py.load("plcom2012", shelf=SHELF)
-    person = {"age": 62, "race": "white", "education": 4, "bmi": 27, "copd": False,
-              "personal_cancer_history": False, "family_lung_cancer_history": False,
-              "smoking_status": "former", "cigarettes_per_day": 80, "smoking_years": 27,
-              "years_since_quit": 10}
+    person = {
+        "age": 62,
+        "race": "white",
+        "education": 4,
+        "bmi": 27,
+        "copd": False,
+        "personal_cancer_history": False,
+        "family_lung_cancer_history": False,
+        "smoking_status": "former",
+        "cigarettes_per_day": 80,
+        "smoking_years": 27,
+        "years_since_quit": 10,
+    }
     out = ko.call("risk", person)
     assert out.result["risk_6y"] == pytest.approx(0.01750922, abs=5e-9)
     assert out.result["screening_recommended"] is True
@@ -140,10 +142,19 @@ def test_published_examples_through_the_loader() -> None:
 
 def test_current_smoker_with_years_since_quit_is_an_error() -> None:
     ko = kgrid_py.load("plcom2012", shelf=SHELF)
-    person = {"age": 62, "race": "black", "education": 2, "bmi": 24, "copd": True,
-              "personal_cancer_history": False, "family_lung_cancer_history": True,
-              "smoking_status": "current", "cigarettes_per_day": 20, "smoking_years": 40,
-              "years_since_quit": 3}
+    person = {
+        "age": 62,
+        "race": "black",
+        "education": 2,
+        "bmi": 24,
+        "copd": True,
+        "personal_cancer_history": False,
+        "family_lung_cancer_history": True,
+        "smoking_status": "current",
+        "cigarettes_per_day": 20,
+        "smoking_years": 40,
+        "years_since_quit": 3,
+    }
     with pytest.raises(InputError) as caught:
         ko.call("risk", person)
     assert [e.field for e in caught.value.errors] == ["years_since_quit"]
@@ -152,10 +163,19 @@ def test_current_smoker_with_years_since_quit_is_an_error() -> None:
 
 def test_ages_outside_55_to_74_warn() -> None:
     ko = kgrid_py.load("plcom2012", shelf=SHELF)
-    person = {"age": 50, "race": "asian", "education": 5, "bmi": 22, "copd": False,
-              "personal_cancer_history": False, "family_lung_cancer_history": False,
-              "smoking_status": "former", "cigarettes_per_day": 15, "smoking_years": 30,
-              "years_since_quit": 5}
+    person = {
+        "age": 50,
+        "race": "asian",
+        "education": 5,
+        "bmi": 22,
+        "copd": False,
+        "personal_cancer_history": False,
+        "family_lung_cancer_history": False,
+        "smoking_status": "former",
+        "cigarettes_per_day": 15,
+        "smoking_years": 30,
+        "years_since_quit": 5,
+    }
     for age, warned in ((50, ["age"]), (55, []), (74, []), (80, ["age"])):
         out = ko.call("risk", {**person, "age": age})
         assert [w.field for w in out.warning_details] == warned
@@ -177,5 +197,4 @@ def test_fresh_build_computes_the_committed_graph(tmp_path: Path) -> None:
     committed = _session(KO / "risk.onnx").run(None, feeds)
     for a, b in zip(fresh, committed, strict=True):
         assert np.array_equal(a, b)
-    assert json.loads((tmp_path / "tests.json").read_text()) == json.loads(
-        (KO / "tests.json").read_text())
+    assert json.loads((tmp_path / "tests.json").read_text()) == json.loads((KO / "tests.json").read_text())
