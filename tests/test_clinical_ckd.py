@@ -23,7 +23,7 @@ N = 3000
 
 
 def _build_module(version: str) -> ModuleType:
-    return _import(KO / version / "src" / "build.py")  # puts ckd_epi_common on sys.path
+    return _import(KO / version / "src" / "build.py")  # puts its src/ckd_epi_common on sys.path
 
 
 def _reference(version: str) -> ModuleType:

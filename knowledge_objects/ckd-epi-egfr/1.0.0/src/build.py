@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_COMMON = Path(__file__).resolve().parents[2]
+_COMMON = Path(__file__).resolve().parent  # the KO carries its own copy: packs stay self-contained
 if str(_COMMON) not in sys.path:
     sys.path.insert(0, str(_COMMON))
 

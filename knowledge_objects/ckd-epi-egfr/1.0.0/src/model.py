@@ -3,7 +3,7 @@
 Coefficients from Levey 2009 (doi:10.7326/0003-4819-150-9-200905050-00006) and Inker 2012
 (doi:10.1056/NEJMoa1114248), in their continuous form (141 x 1.018 for women, not the rounded
 144 of the 2009 paper's Table 2). The torch module is the shared ``CkdEpi`` of
-``knowledge_objects/ckd-epi-egfr/ckd_epi_common.py``, which src/build.py puts on sys.path.
+``src/ckd_epi_common.py`` (each version carries its own copy, so a packed KO rebuilds on its own).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Coefficients from Inker 2021 (doi:10.1056/NEJMoa2102953) and, for cystatin C alone, Inker 2012
 (doi:10.1056/NEJMoa1114248). No race term. The torch module is the shared ``CkdEpi`` of
-``knowledge_objects/ckd-epi-egfr/ckd_epi_common.py``, which src/build.py puts on sys.path.
+``src/ckd_epi_common.py`` (each version carries its own copy, so a packed KO rebuilds on its own).
 """
 
 from __future__ import annotations
