@@ -113,14 +113,20 @@ class FhirBinding(_Model):
     ``age``: from Patient.birthDate at the time of the hook. ``sex``: the sex-for-clinical-use
     extension when present, else Patient.gender. ``observation``: the most recent final
     Observation with one of ``codes`` inside ``lookback_days``, converted from its UCUM unit.
-    ``condition``: true when an active Condition has one of ``codes``.
+    ``condition``: true when an active Condition has one of ``codes`` (any non-refuted one when
+    ``history``). ``family-history``: true when a FamilyMemberHistory of a first-degree relative
+    has a condition with one of ``codes``. ``us-core-race``: the US Core ethnicity, then race,
+    extension's OMB category, mapped through ``answers``.
     """
 
-    kind: Literal["age", "sex", "observation", "condition"]
+    kind: Literal["age", "sex", "observation", "condition", "family-history", "us-core-race"]
     codes: list[Code] = Field(default_factory=list)
     lookback_days: int | None = Field(default=None, gt=0)
     answers: dict[str, str] = Field(
         default_factory=dict, description="Coded answers (system|code) mapped to this input's enum values"
+    )
+    history: bool = Field(
+        default=False, description="condition: count resolved, inactive or remission Conditions too (ever diagnosed)"
     )
 
 
