@@ -10,10 +10,8 @@ and, with ``watch``, polls the shelf and reloads when a KO folder changes.
 from __future__ import annotations
 
 import gc
-import hmac
 import logging
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,6 +31,7 @@ from activator.metrics import CONTENT_TYPE_LATEST, Metrics
 from activator.middleware import RequestContext
 from activator.openapi import combined_spec
 from activator.problems import Problem, exception_handlers
+from activator.publishing import Publishing, reload_everywhere
 from activator.registry import Registry
 from activator.settings import Settings
 from kgrid_py.runtime import RuntimeSettings
@@ -93,16 +92,9 @@ async def openapi(request: Request) -> Response:
 
 async def admin_reload(request: Request) -> Response:
     state = state_of(request)
-    token = state.settings.admin_token
-    if not token:
-        raise Problem(403, "reloading over HTTP is disabled: start the server with --admin-token")
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Problem(401, "send Authorization: Bearer <admin token>", headers={"WWW-Authenticate": "Bearer"})
-    snapshot = await reload(state)
-    signal = state.settings.reload_signal
-    if signal is not None:  # the other workers of this server reload too
-        await anyio.Path(signal).write_text(str(time.time_ns()))
+    # --admin-token, or a token with the admin role (--tokens); the other workers reload too.
+    request.app.state.publishing.authorize_reload(request, state.settings.admin_token)
+    snapshot = await reload_everywhere(state)
     return json_response(
         {
             "generation": snapshot.generation,
@@ -187,6 +179,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The activator as an ASGI app over ``settings.shelf``."""
     settings = settings or Settings.from_env()
     metrics_ = Metrics()
+    publishing = Publishing(settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -218,6 +211,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/admin/reload", admin_reload, methods=["POST"]),
         *([Route("/_bench/echo", bench_echo, methods=["POST"])] if settings.bench_echo else []),
         *_cds_routes(settings),
+        *publishing.routes,
         *routes_kgrid.routes,
         *oip.routes,
     ]
@@ -227,6 +221,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
+    app.state.publishing = publishing
     for route in app.router.routes:
         if isinstance(route, routes_kgrid.KORoute):
             route.siblings = app.router.routes  # the live list: routes added later are seen too

@@ -14,13 +14,7 @@ __all__ = ["serve"]
 
 
 @click.command()
-@click.argument(
-    "shelf",
-    required=False,
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar="KGRID_SHELF",
-    default="knowledge_objects",
-)
+@click.argument("shelf", required=False, envvar="KGRID_SHELF", default="knowledge_objects")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64), help="Server processes.")
@@ -55,6 +49,36 @@ __all__ = ["serve"]
     help="JSON file of trusted CDS Hooks issuers and their JWKS.",
 )
 @click.option("--cds-no-auth", is_flag=True, help="Turn CDS Hooks JWT checks off (local development only).")
+@click.option(
+    "--tokens",
+    "tokens_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="JSON file of bearer tokens and roles for POST /kos and the status route (default: "
+    "$KGRID_TOKENS_FILE or $KGRID_TOKENS).",
+)
+@click.option("--require-signature", is_flag=True, help="Refuse archives not signed by a key in --trust.")
+@click.option(
+    "--trust",
+    "trust_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of trusted curators' public keys (*.pem); a present signature is always checked.",
+)
+@click.option(
+    "--max-archive-bytes",
+    default=256 * 1_048_576,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest archive POST /kos takes.",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where a manifest URL given as SHELF is synced (default: $KGRID_CACHE, else ~/.cache/kgrid-py).",
+)
 @click.option("--bench-echo", is_flag=True, hidden=True, help="Serve /_bench/echo for the HTTP benchmark.")
 def serve(
     shelf: Path,
@@ -71,18 +95,33 @@ def serve(
     access_log: bool,
     cds_issuers: Path | None,
     cds_no_auth: bool,
+    tokens_file: Path | None,
+    require_signature: bool,
+    trust_dir: Path | None,
+    max_archive_bytes: int,
+    cache_dir: Path | None,
     bench_echo: bool,
 ) -> None:
-    """Serve every KO version on SHELF over HTTP (default: $KGRID_SHELF, else ./knowledge_objects)."""
+    """Serve every KO version on SHELF over HTTP (default: $KGRID_SHELF, else ./knowledge_objects).
+
+    SHELF may also be a KGrid manifest URL (http or https): its archives are downloaded, checked
+    like any publication (with --require-signature/--trust) and served from the local cache.
+    """
     import uvicorn
 
     from activator.app import configure_logging
 
-    if not shelf.is_dir():
+    if require_signature and trust_dir is None:
+        raise click.BadParameter("--require-signature needs --trust DIR", param_hint="--trust")
+    if shelf.startswith(("http://", "https://")):
+        shelf_path = _sync_manifest(shelf, cache_dir, require_signature, trust_dir, max_archive_bytes)
+    else:
+        shelf_path = Path(shelf)
+    if not shelf_path.is_dir():
         raise click.BadParameter(f"no shelf folder at {shelf}", param_hint="SHELF")
     signal = Path(tempfile.mkdtemp(prefix="kgrid-serve-")) / "reload" if workers > 1 else None
     settings = Settings(
-        shelf=shelf.resolve(),
+        shelf=shelf_path.resolve(),
         admin_token=admin_token,
         max_body_bytes=max_body_bytes,
         inference_threads=inference_threads,
@@ -95,6 +134,10 @@ def serve(
         access_log=access_log,
         cds_issuers=cds_issuers.resolve() if cds_issuers else None,
         cds_no_auth=cds_no_auth,
+        tokens_file=tokens_file.resolve() if tokens_file else None,
+        require_signature=require_signature,
+        trust_dir=trust_dir.resolve() if trust_dir else None,
+        max_archive_bytes=max_archive_bytes,
     )
     os.environ[ENV_VAR] = settings.to_env()  # worker processes read their settings from here
     configure_logging()
@@ -108,3 +151,24 @@ def serve(
         access_log=False,  # the activator logs each request itself, with its request id
         log_level="info",
     )
+
+
+def _sync_manifest(
+    url: str, cache_dir: Path | None, require_signature: bool, trust_dir: Path | None, max_archive_bytes: int
+) -> Path:
+    """Download and check a remote manifest's archives into the cache; the local shelf to serve."""
+    import dataclasses
+
+    from kgrid_py.archive import ArchiveLimits
+    from kgrid_py.publish import PublishPolicy
+    from kgrid_py.remote import sync
+
+    limits = dataclasses.replace(ArchiveLimits(), max_archive_bytes=max_archive_bytes)
+    policy = PublishPolicy(require_signature=require_signature, trust_dir=trust_dir, limits=limits)
+    cache = cache_dir or Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
+    result = sync(url, cache, policy)
+    for outcome in result.published:
+        click.echo(f"{outcome.ref}: {'published' if outcome.changed else 'cached'} from {url}", err=True)
+    for source, reason in result.refused:
+        click.echo(f"refused {source}: {reason}", err=True)
+    return result.shelf

@@ -21,6 +21,7 @@ from starlette.types import Scope
 
 from activator.http import json_response, parse_json, read_body, require_json, state_of
 from activator.problems import Problem
+from activator.publishing import deprecation_headers
 from activator.registry import Snapshot
 from kgrid_py.errors import InputError, NotFound
 from kgrid_py.ko import CallResult, KnowledgeObject
@@ -154,8 +155,9 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
         )
     headers = {}
     if entry.status == "deprecated":
-        headers["Deprecation"] = "true"
-        newest = _successor_address(snapshot, ko.id, endpoint)
+        # Deprecation, and Sunset when one is recorded (set_status); Link to the named successor.
+        headers.update(deprecation_headers(state.registry.shelf.root, snapshot.generation, ko.id, ko.version))
+        newest = _successor_address(snapshot, entry.successor or ko.id, endpoint)
         if newest and newest != call_address(entry, endpoint):
             headers["Link"] = f'<{newest}>; rel="successor-version"'
     if _minimal(request):

@@ -40,6 +40,15 @@ class Settings:
     # CDS Hooks: trusted EHR issuers (JSON file); cds_no_auth turns JWT checks off (development only).
     cds_issuers: Path | None = None
     cds_no_auth: bool = False
+    # Publishing (POST /kos) and lifecycle (POST /kos/{id}/{version}/status): bearer tokens with
+    # roles from this JSON file, else from KGRID_TOKENS_FILE / KGRID_TOKENS (kgrid_py.tokens).
+    tokens_file: Path | None = None
+    # Refuse archives without a signature from a key in trust_dir (a present signature is checked
+    # whenever trust_dir is set).
+    require_signature: bool = False
+    trust_dir: Path | None = None
+    # The largest archive POST /kos takes (refused with 413 before it is read past this).
+    max_archive_bytes: int = 256 * 1_048_576
 
     def to_env(self) -> str:
         data = dataclasses.asdict(self)
@@ -52,7 +61,7 @@ class Settings:
         if not text:
             return cls(shelf=Path(os.environ.get("KGRID_SHELF", "knowledge_objects")))
         data = json.loads(text)
-        for key in ("shelf", "reload_signal", "cds_issuers"):
+        for key in ("shelf", "reload_signal", "cds_issuers", "tokens_file", "trust_dir"):
             if data.get(key) is not None:
                 data[key] = Path(data[key])
         return cls(**data)

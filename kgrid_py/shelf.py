@@ -164,11 +164,19 @@ def load(
 ) -> KnowledgeObject:
     """Load a KO by reference (``kfre``, ``kfre@1``, ``kfre@^1.2``, ``kfre@1.0.0``) or by path.
 
-    The shelf is ``shelf``, else ``$KGRID_SHELF``, else ``./knowledge_objects``.
+    The shelf is ``shelf``, else ``$KGRID_SHELF``, else ``./knowledge_objects``. A shelf that is
+    an ``http(s)://`` KGrid manifest URL is synced first (:func:`kgrid_py.remote.sync`: download,
+    verify, publish) into ``$KGRID_CACHE``, else ``~/.cache/kgrid-py``, and loaded from there.
     """
     text = os.fspath(ref)
     candidate = Path(text)
     if ("/" in text or os.sep in text or text.startswith(".")) and (candidate / METADATA_FILE).exists():
         return KnowledgeObject.from_path(candidate, verify_vectors=verify_vectors)
-    root = Path(shelf) if shelf is not None else default_shelf_path()
+    where = os.fspath(shelf) if shelf is not None else os.environ.get("KGRID_SHELF", DEFAULT_SHELF)
+    if where.startswith(("http://", "https://")):
+        from kgrid_py.remote import sync  # remote imports this module
+
+        cache = Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
+        return Shelf(sync(where, cache).shelf).load(text, verify_vectors=verify_vectors)
+    root = Path(where)
     return Shelf(root).load(text, verify_vectors=verify_vectors)
