@@ -141,7 +141,10 @@ class CdsHooks:
             body = await _json_body(request)
             context, prefetch, fhir_server, token = _validate_call(body, service)
             data = await self._gather(service, context, prefetch, fhir_server, token)
-            mapping = map_inputs(service.function, data, datetime.now(UTC))
+            try:
+                mapping = map_inputs(service.function, data, datetime.now(UTC))
+            except FhirDataError as exc:  # a selected resource, validated only now, is malformed
+                raise _Reject(400, f"unusable FHIR data: {exc}") from None
             if not mapping.complete:
                 return JSONResponse({"cards": [_missing_card(service, mapping)]})
             try:
@@ -217,7 +220,7 @@ class CdsHooks:
         server: str | None,
         token: str | None,
     ) -> FhirData:
-        data = FhirData()
+        data = FhirData(lazy=True)
         templates = prefetch_templates(service.function)
         missing = {k: t for k, t in templates.items() if prefetch.get(k) is None}
         fetched: dict[str, Any] = {}
@@ -245,15 +248,14 @@ class CdsHooks:
         try:
             for key, template in templates.items():
                 resource = prefetch.get(key) if key not in fetched else fetched[key]
-                kind = template.split("?", 1)[0].split("/", 1)[0]
-                if kind == "Observation" and data.observations is None:
-                    data.observations = []
-                elif kind == "Condition" and data.conditions is None:
-                    data.conditions = []
+                data.searched(template.split("?", 1)[0].split("/", 1)[0])
                 data.add(resource)
         except FhirDataError as exc:
             raise _Reject(400, f"unusable FHIR data: {exc}") from None
-        if any(f.fhir.kind in ("age", "sex") for f in bound_inputs(service.function)) and data.patient is None:  # type: ignore[union-attr]
+        if (
+            any(f.fhir.kind in ("age", "sex", "us-core-race") for f in bound_inputs(service.function))
+            and data.patient is None
+        ):  # type: ignore[union-attr]
             raise _Reject(412, "the Patient resource could not be obtained")
         if data.patient is not None and data.patient.id and data.patient.id != context["patientId"]:
             raise _Reject(400, "the prefetched Patient is not context.patientId")

@@ -10,10 +10,18 @@ Resources are parsed with the R4B models of ``fhir.resources``. Quantities go to
 up front that the unit converts, so that an unusable observation is reported as such.
 Every input gets a :class:`InputSource` (value, unit, date, resource) or a :class:`Gap` that
 says exactly what is missing, stale or unusable.
+
+Speed: ``FhirData(lazy=True)`` (what the CDS Hooks service uses) does not validate every resource
+of a large prefetch. A Bundle is walked as JSON (its type and entries checked), the Patient is
+validated at once, and Observations, Conditions and FamilyMemberHistories are kept as JSON until
+a binding looks for them: only those whose code, status and subject match (and, for
+Observations, only the most recent ones) are validated with fhir.resources and used from the
+model. A malformed resource that no binding selects is therefore not reported.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -22,6 +30,7 @@ from typing import Any, Literal
 
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.familymemberhistory import FamilyMemberHistory
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from pydantic import ValidationError
@@ -52,6 +61,42 @@ _SEX_CODES = {"female-typical": "female", "male-typical": "male", "female": "fem
 FINAL_STATUSES = ("final", "amended", "corrected")
 ACTIVE_CONDITION = ("active", "recurrence", "relapse")
 BUNDLE_TYPES = ("searchset", "collection", "batch-response", "transaction-response")
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+# First-degree relatives in v3 RoleCode (parents, siblings, children; step, in-law, half and
+# adoptive relations have codes of their own and are not included).
+FIRST_DEGREE = frozenset(
+    [
+        "FTH",
+        "MTH",
+        "NFTH",
+        "NMTH",
+        "PRN",
+        "NPRN",
+        "BRO",
+        "SIS",
+        "SIB",
+        "NBRO",
+        "NSIS",
+        "NSIB",
+        "TWIN",
+        "TWINBRO",
+        "TWINSIS",
+        "FTWIN",
+        "FTWINBRO",
+        "FTWINSIS",
+        "ITWIN",
+        "ITWINBRO",
+        "ITWINSIS",
+        "CHILD",
+        "NCHILD",
+        "SON",
+        "SONC",
+        "DAU",
+        "DAUC",
+    ]
+)
+_LAZY_KINDS = ("Observation", "Condition", "FamilyMemberHistory")
 GapReason = Literal["missing", "stale", "unusable", "cannot-compute", "unbound", "conflicting"]
 
 
@@ -120,6 +165,9 @@ class FhirData:
     patient: Patient | None = None
     observations: list[Observation] | None = None
     conditions: list[Condition] | None = None
+    family_history: list[FamilyMemberHistory] | None = None
+    lazy: bool = False
+    raw: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def from_resources(cls, items: Iterable[Any]) -> FhirData:
@@ -129,7 +177,19 @@ class FhirData:
             data.add(item)
         return data
 
+    def searched(self, kind: str) -> None:
+        """Mark ``kind`` as searched: its absence now means 'none', not 'unknown'."""
+        if kind == "Observation" and self.observations is None:
+            self.observations = []
+        elif kind == "Condition" and self.conditions is None:
+            self.conditions = []
+        elif kind == "FamilyMemberHistory" and self.family_history is None:
+            self.family_history = []
+
     def add(self, item: Any) -> None:
+        if self.lazy and isinstance(item, Mapping):
+            self._add_raw(item)
+            return
         resource = parse_resource(item)
         if isinstance(resource, Bundle):
             if resource.type not in BUNDLE_TYPES:
@@ -137,11 +197,8 @@ class FhirData:
                     f"a Bundle of type {resource.type!r} cannot carry patient data "
                     f"(expected one of {', '.join(BUNDLE_TYPES)})"
                 )
-            kinds = _bundle_search_kinds(resource)
-            if "Observation" in kinds and self.observations is None:
-                self.observations = []
-            if "Condition" in kinds and self.conditions is None:
-                self.conditions = []
+            for kind in _bundle_search_kinds(resource):
+                self.searched(kind)
             for entry in resource.entry or []:
                 if entry.resource is not None:
                     self.add(entry.resource)
@@ -151,10 +208,61 @@ class FhirData:
             self.observations = [*(self.observations or []), resource]
         elif isinstance(resource, Condition):
             self.conditions = [*(self.conditions or []), resource]
+        elif isinstance(resource, FamilyMemberHistory):
+            self.family_history = [*(self.family_history or []), resource]
         # other resource types (OperationOutcome in a searchset, ...) carry nothing we use
 
+    def _add_raw(self, item: Mapping[str, Any]) -> None:
+        kind = item.get("resourceType")
+        if not isinstance(kind, str):
+            raise FhirDataError("a FHIR resource needs a 'resourceType'")
+        if kind == "Bundle":
+            btype = item.get("type")
+            if btype not in BUNDLE_TYPES:
+                raise FhirDataError(
+                    f"a Bundle of type {btype!r} cannot carry patient data (expected one of {', '.join(BUNDLE_TYPES)})"
+                )
+            entries = item.get("entry") or []
+            if not isinstance(entries, list):
+                raise FhirDataError("invalid FHIR R4 Bundle: entry: must be an array")
+            for kind_searched in _raw_search_kinds(item, entries):
+                self.searched(kind_searched)
+            for n, entry in enumerate(entries):
+                if not isinstance(entry, Mapping):
+                    raise FhirDataError(f"invalid FHIR R4 Bundle: entry.{n}: must be an object")
+                resource = entry.get("resource")
+                if resource is not None:
+                    if not isinstance(resource, Mapping):
+                        raise FhirDataError(f"invalid FHIR R4 Bundle: entry.{n}.resource: must be an object")
+                    self._add_raw(resource)
+        elif kind in _LAZY_KINDS:
+            self.searched(kind)
+            self.raw.setdefault(kind, []).append(dict(item))
+        elif kind == "Patient":
+            self.patient = parse_resource(item)
+        # other resource types carry nothing we use
 
-_MODELS: dict[str, Any] = {"Patient": Patient, "Observation": Observation, "Condition": Condition, "Bundle": Bundle}
+    def parsed(self, kind: str, wanted: set[str], codes_at: str = "code") -> list[Any]:
+        """Validated resources of ``kind`` with one of ``wanted`` codes (JSON ones validated now)."""
+        models = {
+            "Observation": self.observations,
+            "Condition": self.conditions,
+            "FamilyMemberHistory": self.family_history,
+        }
+        found = list(models[kind] or [])
+        for item in self.raw.get(kind, ()):
+            if _raw_codes_at(item, codes_at) & wanted:
+                found.append(parse_resource(item))
+        return found
+
+
+_MODELS: dict[str, Any] = {
+    "Patient": Patient,
+    "Observation": Observation,
+    "Condition": Condition,
+    "FamilyMemberHistory": FamilyMemberHistory,
+    "Bundle": Bundle,
+}
 
 
 def parse_resource(item: Any) -> Any:
@@ -193,6 +301,62 @@ def _bundle_search_kinds(bundle: Bundle) -> set[str]:
     return kinds
 
 
+def _raw_search_kinds(bundle: Mapping[str, Any], entries: list[Any]) -> set[str]:
+    kinds: set[str] = set()
+    for link in bundle.get("link") or []:
+        if isinstance(link, Mapping) and link.get("relation") == "self" and isinstance(link.get("url"), str):
+            kinds.add(link["url"].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1])
+    if bundle.get("type") == "searchset" and not kinds:
+        for entry in entries:
+            resource = entry.get("resource") if isinstance(entry, Mapping) else None
+            if isinstance(resource, Mapping) and isinstance(resource.get("resourceType"), str):
+                kinds.add(resource["resourceType"])
+    return kinds
+
+
+def _raw_codes(concept: Any) -> set[str]:
+    if not isinstance(concept, Mapping) or not isinstance(concept.get("coding"), list):
+        return set()
+    return {f"{c.get('system')}|{c.get('code')}" for c in concept["coding"] if isinstance(c, Mapping)}
+
+
+def _raw_codes_at(item: Mapping[str, Any], where: str) -> set[str]:
+    if where == "condition.code":  # FamilyMemberHistory.condition[].code
+        conditions = item.get("condition")
+        if not isinstance(conditions, list):
+            return set()
+        return set().union(*(_raw_codes(c.get("code")) for c in conditions if isinstance(c, Mapping)))
+    return _raw_codes(item.get(where))
+
+
+_WHEN = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))?$")
+_UNPARSED = object()
+
+
+def _raw_when(value: Any) -> Any:
+    if not isinstance(value, str) or not _WHEN.match(value):
+        return _UNPARSED
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _raw_effective(item: Mapping[str, Any]) -> Any:
+    """``_effective`` on JSON: a datetime, None, or _UNPARSED (validate the model to know)."""
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        if item.get(key) is not None:
+            return _raw_when(item[key])
+    period = item.get("effectivePeriod")
+    if period is not None:
+        if not isinstance(period, Mapping):
+            return _UNPARSED
+        moment = period.get("end") or period.get("start")
+        if moment is not None:
+            return _raw_when(moment)
+    if item.get("issued") is not None:
+        return _raw_when(item["issued"])
+    return None
+
+
 # -- bindings -> prefetch ----------------------------------------------------------------------
 
 
@@ -210,11 +374,13 @@ def prefetch_templates(spec: FunctionSpec) -> dict[str, str]:
     for f in bound_inputs(spec):
         binding = f.fhir
         assert binding is not None
-        if binding.kind in ("age", "sex"):
+        if binding.kind in ("age", "sex", "us-core-race"):
             templates["patient"] = "Patient/{{context.patientId}}"
         elif binding.codes:
             codes = ",".join(f"{c.system}|{c.code}" for c in binding.codes)
-            resource = "Observation" if binding.kind == "observation" else "Condition"
+            resource = {"observation": "Observation", "family-history": "FamilyMemberHistory"}.get(
+                binding.kind, "Condition"
+            )
             templates[f.name] = f"{resource}?patient={{{{context.patientId}}}}&code={codes}"
     return templates
 
@@ -243,6 +409,10 @@ def map_inputs(spec: FunctionSpec, data: FhirData, now: datetime | None = None) 
                 source = _sex(f, data)
             elif binding.kind == "observation":
                 source = _observation(f, data, now)
+            elif binding.kind == "us-core-race":
+                source = _race(f, data)
+            elif binding.kind == "family-history":
+                source = _family_history(f, data)
             else:
                 source = _condition(f, data)
         except _GapFound as found:
@@ -330,6 +500,14 @@ def _subject_ok(resource: Any, data: FhirData) -> bool:
     return str(resource.subject.reference).rsplit("/", 1)[-1] == data.patient.id
 
 
+def _raw_subject_ok(item: Mapping[str, Any], data: FhirData) -> bool:
+    subject = item.get("subject")
+    reference = subject.get("reference") if isinstance(subject, Mapping) else None
+    if data.patient is None or not data.patient.id or not isinstance(reference, str) or not reference:
+        return True
+    return reference.rsplit("/", 1)[-1] == data.patient.id
+
+
 def _effective(obs: Observation) -> datetime | None:
     moment: Any = obs.effectiveDateTime or obs.effectiveInstant
     if moment is None and obs.effectivePeriod is not None:
@@ -353,17 +531,31 @@ def _observation(f: FieldSpec, data: FhirData, now: datetime) -> InputSource:
     names = ", ".join(c.code for c in binding.codes)
     if data.observations is None:
         raise _GapFound(Gap(f.name, "missing", f"no Observations were provided (looked for LOINC {names})"))
-    dated: list[tuple[datetime, Observation]] = []
+    dated: list[tuple[datetime, Any]] = []
     for obs in data.observations:
         if obs.status not in FINAL_STATUSES or not (_codes_of(obs.code) & wanted) or not _subject_ok(obs, data):
             continue
         when = _effective(obs)
         if when is not None and when <= now + timedelta(days=1):
             dated.append((when, obs))
+    for item in data.raw.get("Observation", ()):
+        # JSON kept unvalidated: select on code, status, subject and date; validate only what is used
+        if item.get("status") not in FINAL_STATUSES or not (_raw_codes(item.get("code")) & wanted):
+            continue
+        if not _raw_subject_ok(item, data):
+            continue
+        when = _raw_effective(item)
+        entry: Any = item
+        if when is _UNPARSED:
+            entry = parse_resource(item)
+            when = _effective(entry)
+        if when is not None and when <= now + timedelta(days=1):
+            dated.append((when, entry))
     if not dated:
         raise _GapFound(Gap(f.name, "missing", f"no final Observation with code {names}"))
     dated.sort(key=lambda pair: pair[0], reverse=True)
     latest, obs = dated[0]
+    obs = parse_resource(obs)
     if binding.lookback_days is not None and latest < now - timedelta(days=binding.lookback_days):
         raise _GapFound(
             Gap(
@@ -376,6 +568,7 @@ def _observation(f: FieldSpec, data: FhirData, now: datetime) -> InputSource:
     for when, other in dated[1:]:
         if when != latest:
             break
+        other = parse_resource(other)
         try:
             rival = _observation_value(f, other, when)
         except _GapFound:
@@ -410,6 +603,21 @@ def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputS
     ref = _ref(obs)
     code = next(iter(sorted(_codes_of(obs.code) & {f"{c.system}|{c.code}" for c in binding.codes})), None)
     stamp = when.isoformat()
+    if f.type in ("number", "integer") and binding.answers and obs.valueCodeableConcept is not None:
+        answers = _codes_of(obs.valueCodeableConcept)
+        for answer in sorted(answers):
+            if answer in binding.answers:
+                number = float(binding.answers[answer])
+                value = int(number) if f.type == "integer" and number.is_integer() else number
+                return InputSource(f.name, value, None, stamp, ref, code)
+        raise _GapFound(
+            Gap(
+                f.name,
+                "unusable",
+                f"{ref} answer {', '.join(sorted(answers)) or 'with no coding'} has no mapping to a value of "
+                f"{f.name} (mapped answers: {', '.join(sorted(binding.answers))})",
+            )
+        )
     if f.type in ("number", "integer"):
         quantity = obs.valueQuantity
         if quantity is None or quantity.value is None:
@@ -468,13 +676,77 @@ def _condition(f: FieldSpec, data: FhirData) -> InputSource:
     if data.conditions is None:
         names = ", ".join(c.code for c in binding.codes)
         raise _GapFound(Gap(f.name, "missing", f"Conditions were not searched (codes {names})"))
-    for cond in data.conditions:
+    for cond in data.parsed("Condition", wanted):
         if not (_codes_of(cond.code) & wanted) or not _subject_ok(cond, data):
             continue
         clinical = {c.code for c in (cond.clinicalStatus.coding or [])} if cond.clinicalStatus else set()
         verification = {c.code for c in (cond.verificationStatus.coding or [])} if cond.verificationStatus else set()
-        if verification & {"refuted", "entered-in-error"} or (clinical and not clinical & set(ACTIVE_CONDITION)):
+        if verification & {"refuted", "entered-in-error"}:
+            continue
+        if clinical and not clinical & set(ACTIVE_CONDITION) and not binding.history:
             continue
         onset = cond.onsetDateTime or cond.recordedDate
         return InputSource(f.name, True, None, str(onset) if onset else None, _ref(cond), None)
     return InputSource(f.name, False, None, None, None, None)
+
+
+def _family_history(f: FieldSpec, data: FhirData) -> InputSource:
+    binding = f.fhir
+    assert binding is not None
+    wanted = {f"{c.system}|{c.code}" for c in binding.codes}
+    if data.family_history is None:
+        names = ", ".join(c.code for c in binding.codes)
+        raise _GapFound(Gap(f.name, "missing", f"FamilyMemberHistory was not searched (condition codes {names})"))
+    for history in data.parsed("FamilyMemberHistory", wanted, "condition.code"):
+        if history.status == "entered-in-error" or not _patient_ok(history, data):
+            continue
+        relation = {c.code for c in (history.relationship.coding or [])} if history.relationship else set()
+        if not relation & FIRST_DEGREE:
+            continue
+        if any(_codes_of(c.code) & wanted for c in history.condition or []):
+            return InputSource(f.name, True, None, str(history.date) if history.date else None, _ref(history), None)
+    return InputSource(f.name, False, None, None, None, None)
+
+
+def _patient_ok(resource: Any, data: FhirData) -> bool:
+    reference = resource.patient.reference if resource.patient is not None else None
+    if data.patient is None or not data.patient.id or not reference:
+        return True
+    return str(reference).rsplit("/", 1)[-1] == data.patient.id
+
+
+def _omb_categories(patient: Patient, url: str) -> list[str]:
+    codes: list[str] = []
+    for ext in patient.extension or []:
+        if ext.url != url:
+            continue
+        for sub in ext.extension or []:
+            if sub.url == "ombCategory" and sub.valueCoding is not None:
+                codes.append(f"{sub.valueCoding.system}|{sub.valueCoding.code}")
+    return codes
+
+
+def _race(f: FieldSpec, data: FhirData) -> InputSource:
+    binding = f.fhir
+    assert binding is not None
+    patient = _patient(f, data)
+    ethnicity = [binding.answers[c] for c in _omb_categories(patient, US_CORE_ETHNICITY) if c in binding.answers]
+    if ethnicity:
+        return InputSource(f.name, ethnicity[0], None, None, _ref(patient), "us-core-ethnicity")
+    races = _omb_categories(patient, US_CORE_RACE)
+    if not races:
+        raise _GapFound(Gap(f.name, "missing", f"{_ref(patient)} has no US Core race or ethnicity OMB category"))
+    values = sorted({binding.answers[c] for c in races if c in binding.answers})
+    if not values:
+        raise _GapFound(
+            Gap(f.name, "unusable", f"US Core race {', '.join(races)} maps to none of {', '.join(f.enum or [])}")
+        )
+    if len(values) > 1:
+        raise _GapFound(
+            Gap(
+                f.name,
+                "cannot-compute",
+                f"US Core race has several OMB categories ({', '.join(values)}); the equation takes one",
+            )
+        )
+    return InputSource(f.name, values[0], None, None, _ref(patient), "us-core-race")
