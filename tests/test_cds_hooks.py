@@ -23,7 +23,7 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI
-from fhir_data import creatinine, egfr, patient, quantity_obs, searchset, uacr
+from fhir_data import PLCO_DIRECT, creatinine, egfr, patient, plco_resources, quantity_obs, searchset, uacr
 
 from activator.cds_auth import JwtVerifier, TrustedIssuer
 from activator.cds_hooks import CdsHooks, CdsSettings
@@ -518,3 +518,62 @@ def test_issuer_jwks_from_a_url() -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- PLCOm2012 from a full record, and bad data in a large prefetch ---------------------------------
+
+PLCO = "plcom2012-1.0.0-risk"
+
+
+@pytest.fixture(scope="module")
+def plco_base() -> Iterator[str]:
+    ko = KnowledgeObject.from_path(SHELF / "plcom2012" / "1.0.0")
+    app = FastAPI()
+    app.router.routes.extend(CdsHooks(lambda request: [ko], CdsSettings(no_auth=True)).routes)
+    yield from _serve(app)
+
+
+def test_plco_card_from_a_full_record_has_the_direct_risk(plco_base: str) -> None:
+    ko = KnowledgeObject.from_path(SHELF / "plcom2012" / "1.0.0")
+    risk = ko.call("risk", PLCO_DIRECT).result["risk_6y"]
+    prefetch = plco_resources(when=_days_ago(10))
+    (card,) = post(plco_base, PLCO, call_body(prefetch), auth=None).json()["cards"]
+    assert f"risk_6y {risk * 100:.1f} %" in card["summary"]
+    assert card["indicator"] == "warning"  # above the 1.51 % screening threshold
+    assert "| cigarettes_per_day | 1.5 | {pack}/d |" in card["detail"]
+    assert "FamilyMemberHistory/f1" in card["detail"]
+
+
+def test_plco_card_names_what_the_record_lacks(plco_base: str) -> None:
+    prefetch = plco_resources(when=_days_ago(10))
+    prefetch["years_since_quit"] = searchset(kind="Observation")
+    prefetch["family_lung_cancer_history"] = searchset(kind="FamilyMemberHistory")
+    (card,) = post(plco_base, PLCO, call_body(prefetch), auth=None).json()["cards"]
+    assert card["summary"].endswith("cannot compute, missing years_since_quit")
+    assert "**years_since_quit** (missing): no final Observation with code 63632-4" in card["detail"]
+
+
+@pytest.mark.parametrize(
+    ("override", "status", "expected"),
+    [
+        pytest.param(
+            {"bmi": searchset(quantity_obs("b1", "39156-5", 27, "furlongs"))}, 200, "cannot be converted", id="unit"
+        ),
+        pytest.param(
+            {"bmi": searchset({**quantity_obs("b1", "39156-5", 27, "kg/m2"), "valueQuantity": {"value": "fat"}})},
+            400,
+            "unusable FHIR data: invalid FHIR R4 Observation/b1: valueQuantity.value",
+            id="non-numeric-json",
+        ),
+        pytest.param({"bmi": {"resourceType": "Bundle", "type": "history"}}, 400, "type 'history'", id="bundle-type"),
+        pytest.param({"bmi": {"resourceType": "Bundle", "type": "searchset", "entry": 3}}, 400, "array", id="entry"),
+        pytest.param({"bmi": [1, 2]}, 400, "expected a FHIR resource", id="not-object"),
+    ],
+)
+def test_bad_data_in_a_full_prefetch_is_a_card_or_400(
+    plco_base: str, override: dict[str, Any], status: int, expected: str
+) -> None:
+    answer = post(plco_base, PLCO, call_body(plco_resources(when=_days_ago(10)) | override), auth=None)
+    assert answer.status_code == status
+    text = answer.json()["cards"][0]["detail"] if status == 200 else answer.json()["error"]
+    assert expected in text

@@ -8,15 +8,20 @@ from pathlib import Path
 import pytest
 from fhir_data import (
     NOW,
+    PLCO_DIRECT,
     coded_obs,
     condition,
     creatinine,
     egfr,
+    family_history,
+    loinc_answer_obs,
     patient,
+    plco_resources,
     quantity_obs,
     searchset,
     sex_for_clinical_use,
     uacr,
+    us_core_patient,
 )
 
 from kgrid_py.fhir import FhirData, FhirDataError, map_inputs, prefetch_templates
@@ -212,9 +217,11 @@ def test_conditions_and_coded_answers(plco: KnowledgeObject) -> None:
     assert m.inputs["copd"] is True and m.sources["copd"].resource == "Condition/c1"
     assert m.inputs["smoking_status"] == "former"
     assert m.inputs["bmi"] == {"value": 27.0, "unit": "kg/m2"}
-    # PLCOm2012 needs inputs the record does not code (race, education, ...): named, not guessed
-    assert {g.input for g in m.gaps} >= {"race", "education", "cigarettes_per_day"}
-    assert all(g.reason == "unbound" for g in m.gaps)
+    # inputs the record does not hold (race, education, ...) are named, not guessed
+    gaps = {g.input: g for g in m.gaps}
+    assert set(gaps) >= {"race", "education", "cigarettes_per_day", "family_lung_cancer_history"}
+    assert gaps["cigarettes_per_day"].message == "no final Observation with code 8663-7"
+    assert gaps["race"].message == "Patient/p1 has no US Core race or ethnicity OMB category"
 
 
 def test_resolved_or_absent_condition_is_false(plco: KnowledgeObject) -> None:
@@ -265,3 +272,95 @@ def test_prefetch_templates_come_from_the_bindings(kfre: KnowledgeObject) -> Non
         "&code=http://loinc.org|9318-7,http://loinc.org|14959-1,http://loinc.org|32294-1"
     )
     assert set(templates) == {"patient", "egfr", "uacr"}
+
+
+# -- PLCOm2012 from a full record ----------------------------------------------------------------
+
+
+def _plco_data(lazy: bool, **override: object) -> FhirData:
+    data = FhirData(lazy=lazy)
+    for value in {**plco_resources(), **override}.values():
+        data.add(value)
+    return data
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["validate-all", "lazy"])
+def test_full_plco_record_computes_the_same_risk_as_direct_inputs(plco: KnowledgeObject, lazy: bool) -> None:
+    m = map_inputs(plco.function("risk"), _plco_data(lazy), HOOK_TIME)
+    assert m.complete, m.gaps
+    assert m.inputs["cigarettes_per_day"] == {"value": 1.5, "unit": "{pack}/d"}  # 1.5 packs = 30 cigarettes
+    assert m.inputs["education"] == 4 and m.sources["education"].resource == "Observation/edu1"
+    assert m.sources["family_lung_cancer_history"].resource == "FamilyMemberHistory/f1"
+    assert m.sources["personal_cancer_history"].resource == "Condition/c2"  # resolved cancer is still history
+    direct = plco.call("risk", PLCO_DIRECT).result
+    assert plco.call("risk", m.inputs).result == pytest.approx(direct, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("patient_resource", "value", "reason"),
+    [
+        pytest.param(us_core_patient(races=("2054-5",)), "black", None, id="black"),
+        pytest.param(us_core_patient(races=("2106-3",), ethnicity="2135-2"), "hispanic", None, id="hispanic-wins"),
+        pytest.param(us_core_patient(races=("2106-3", "2028-9")), None, "cannot-compute", id="two-races"),
+        pytest.param(us_core_patient(races=("2131-1",)), None, "unusable", id="other-race"),
+        pytest.param(us_core_patient(races=(), ethnicity=None), None, "missing", id="none"),
+    ],
+)
+def test_us_core_race(plco: KnowledgeObject, patient_resource: dict, value: str | None, reason: str | None) -> None:
+    m = map_inputs(plco.function("risk"), _plco_data(True, patient=patient_resource), HOOK_TIME)
+    if value is not None:
+        assert m.inputs["race"] == value
+    else:
+        (gap,) = [g for g in m.gaps if g.input == "race"]
+        assert gap.reason == reason
+
+
+@pytest.mark.parametrize(("relation", "expected"), [("MTH", True), ("NBRO", True), ("GRMTH", False), ("AUNT", False)])
+def test_family_history_counts_first_degree_relatives_only(
+    plco: KnowledgeObject, relation: str, expected: bool
+) -> None:
+    bundle = searchset(family_history("f1", relation), kind="FamilyMemberHistory")
+    m = map_inputs(plco.function("risk"), _plco_data(True, family_lung_cancer_history=bundle), HOOK_TIME)
+    assert m.inputs["family_lung_cancer_history"] is expected
+
+
+def test_coarse_education_answer_is_named_not_guessed(plco: KnowledgeObject) -> None:
+    # 82589-3 "More than high school" spans PLCO levels 3-6
+    bundle = searchset(loinc_answer_obs("edu2", "82589-3", "LA30193-9"))
+    m = map_inputs(plco.function("risk"), _plco_data(True, education=bundle), HOOK_TIME)
+    (gap,) = m.gaps
+    assert gap.input == "education" and gap.reason == "unusable"
+    assert "Observation/edu2 answer http://loinc.org|LA30193-9 has no mapping" in gap.message
+    ok = map_inputs(
+        plco.function("risk"),
+        _plco_data(True, education=searchset(loinc_answer_obs("edu3", "82589-3", "LA30192-1"))),
+        HOOK_TIME,
+    )
+    assert ok.inputs["education"] == 2
+
+
+def test_lazy_mode_validates_only_what_it_uses(plco: KnowledgeObject) -> None:
+    junk = {"resourceType": "Observation", "id": "junk", "status": "final", "code": {"coding": [{"code": 7}]}}
+    bad_bmi = {**quantity_obs("bmi9", "39156-5", 30, "kg/m2", "2026-10-20"), "valueQuantity": {"value": "x"}}
+    extra = searchset(junk, quantity_obs("bmi1", "39156-5", 27.5, "kg/m2"))
+    # a malformed resource no binding selects is not looked at
+    assert map_inputs(plco.function("risk"), _plco_data(True, bmi=extra), HOOK_TIME).complete
+    # the one that would be used is validated, and refused
+    with pytest.raises(FhirDataError, match=r"invalid FHIR R4 Observation/bmi9: valueQuantity\.value"):
+        map_inputs(plco.function("risk"), _plco_data(True, bmi=searchset(bad_bmi)), HOOK_TIME)
+
+
+@pytest.mark.parametrize(
+    ("bundle", "message"),
+    [
+        ({"resourceType": "Bundle", "type": "document"}, "a Bundle of type 'document'"),
+        ({"resourceType": "Bundle", "type": "searchset", "entry": {"x": 1}}, "entry: must be an array"),
+        ({"resourceType": "Bundle", "type": "searchset", "entry": [7]}, "entry.0: must be an object"),
+        ({"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {"id": "x"}}]}, "'resourceType'"),
+        ({"resourceType": "Patient", "gender": 7}, "invalid FHIR R4 Patient: gender"),
+    ],
+)
+def test_lazy_mode_still_refuses_malformed_bundles(bundle: dict, message: str) -> None:
+    with pytest.raises(FhirDataError) as info:
+        FhirData(lazy=True).add(bundle)
+    assert message in str(info.value)
