@@ -211,8 +211,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/admin/reload", admin_reload, methods=["POST"]),
         *([Route("/_bench/echo", bench_echo, methods=["POST"])] if settings.bench_echo else []),
         *_cds_routes(settings),
-        *publishing.routes,
         *routes_kgrid.routes,
+        *publishing.routes,  # after GET /kos: a 405 on /kos then answers Allow: GET, HEAD as before
         *oip.routes,
     ]
     app = Starlette(

@@ -213,7 +213,7 @@ class Publishing:
         return json_response({"ref": ref, **_info_dict(info)})
 
 
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kgrid"'}
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def _exact_ref(request: Request) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import click
@@ -173,14 +174,30 @@ def _is_loopback(host: str) -> bool:
 @click.option("--sunset", help="Date (YYYY-MM-DD) after which a deprecated version stops serving.")
 @click.option("--shelf", type=click.Path(file_okay=False, path_type=Path), default=None, help="Default: $KGRID_SHELF.")
 @click.option("--actor", help="Name for the audit log (default: your user name).")
+@click.option("--to", "target", help="An activator's base URL: use its status route instead of a local shelf.")
+@click.option("--token", envvar="KGRID_TOKEN", help="Bearer token (admin role) for --to (default: $KGRID_TOKEN).")
 def status(
-    ref: str, new_status: str | None, successor: str | None, sunset: str | None, shelf: Path | None, actor: str | None
+    ref: str,
+    new_status: str | None,
+    successor: str | None,
+    sunset: str | None,
+    shelf: Path | None,
+    actor: str | None,
+    target: str | None,
+    token: str | None,
 ) -> None:
-    """Show or set a KO version's lifecycle status (deprecated, retired; or active again)."""
+    """Show or set a KO version's lifecycle status (deprecated, retired; or active again).
+
+    With --to URL, on a running activator (POST /kos/{id}/{version}/status, admin role); the
+    audit log there records the token's principal, so --actor does not apply.
+    """
+    if (successor or sunset) and new_status is None:
+        raise click.UsageError("--successor and --sunset go with --set")
+    if target is not None:
+        _remote_status(target, token, ref, new_status, successor, sunset)
+        return
     root = shelf if shelf is not None else default_shelf_path()
     if new_status is None:
-        if successor or sunset:
-            raise click.UsageError("--successor and --sunset go with --set")
         entry = Shelf(root).resolve(Reference.parse(ref))
         info = lifecycle_info(root, entry.ko_id, entry.version)
         extra = "".join(f", {k} {v}" for k, v in (("successor", info.successor), ("sunset", info.sunset)) if v)
@@ -194,6 +211,54 @@ def status(
         )
     else:
         click.echo(f"{change.ref}: already {change.status}")
+
+
+def _remote_status(
+    base_url: str, token: str | None, ref: str, new_status: str | None, successor: str | None, sunset: str | None
+) -> None:
+    reference = Reference.parse(ref)
+    if not reference.is_exact:
+        raise click.UsageError(f"{ref!r}: a status belongs to an exact version (id@X.Y.Z)")
+    if urlparse(base_url).scheme not in ("http", "https"):
+        raise click.UsageError(f"--to {base_url!r}: expected an http(s) URL")
+    url = f"{base_url.rstrip('/')}/kos/{reference.ko_id}/{reference.spec}/status"
+    headers = {"Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if new_status is None:
+        body = _request("GET", url, headers, None, token)
+    else:
+        parsed = urlparse(url)
+        if token and parsed.scheme == "http" and not _is_loopback(parsed.hostname or ""):
+            click.echo("warning: sending a token over plain http; use https outside this machine", err=True)
+        payload = {"status": new_status, "successor": successor, "sunset": sunset}
+        body = _request("POST", url, headers, {k: v for k, v in payload.items() if v is not None}, token)
+    extra = "".join(f", {k} {body[k]}" for k in ("successor", "sunset") if body.get(k))
+    if new_status is None:
+        click.echo(f"{body.get('ref', ref)}: {body.get('status')}{extra}")
+    elif body.get("changed"):
+        click.echo(f"{body['ref']}: {body['previous']} -> {body['status']}{extra}")
+    else:
+        click.echo(f"{body['ref']}: already {body['status']}{extra}")
+
+
+def _request(method: str, url: str, headers: dict[str, str], payload: object, token: str | None) -> dict[str, Any]:
+    try:
+        response = requests.request(method, url, json=payload, headers=headers, timeout=_TIMEOUT)
+    except requests.RequestException as exc:
+        raise RemoteError(f"{url}: {exc.__class__.__name__}") from None
+    try:
+        body: object = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code == 200 and isinstance(body, dict):
+        return body
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    hint = {401: " (no or unknown token: pass --token or set KGRID_TOKEN)", 403: " (the token lacks the admin role)"}
+    message = f"{url}: HTTP {response.status_code}{hint.get(response.status_code, '')}: {str(detail)[:500]}"
+    if token:
+        message = message.replace(token, "***")
+    raise RemoteError(message)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
