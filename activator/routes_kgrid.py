@@ -103,6 +103,29 @@ def _run_batch(ko: KnowledgeObject, endpoint: str, items: list[Any]) -> list[Cal
     return outcomes
 
 
+_RAW_MEDIA = frozenset({"application/octet-stream", "application/gzip", "application/x-gzip"})
+
+
+def _file_input(ko: KnowledgeObject, endpoint: str) -> str | None:
+    """The input a raw body feeds: the one preprocessed tensor (a file), all other inputs optional."""
+    inputs = ko.function(endpoint).inputs
+    files = [f.name for f in inputs if f.type == "tensor" and f.preprocessing]
+    others_optional = all(not f.required for f in inputs if f.name not in files)
+    return files[0] if len(files) == 1 and others_optional else None
+
+
+async def _read_inputs(request: Request, ko: KnowledgeObject, endpoint: str, limit: int) -> Any:
+    """JSON inputs; or a raw file body (octet-stream, gzip) for a function with one file input."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media in _RAW_MEDIA and (field := _file_input(ko, endpoint)) is not None:
+        body = await read_body(request, limit)
+        if not body:
+            raise Problem(400, f"the body is empty; send the file for {field!r} as the body")
+        return {field: body}
+    require_json(request)
+    return parse_json(await read_body(request, limit))
+
+
 async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *, from_query: bool) -> Response:
     state = state_of(request)
     snapshot = snapshot_of(request)
@@ -110,8 +133,7 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
     ko = servable(snapshot, entry, endpoint)
     if endpoint not in ko.functions:
         raise Problem(404, f"{ko.ref} has no endpoint {endpoint!r}", available=ko.functions)
-    require_json(request)
-    inputs = parse_json(await read_body(request, state.settings.max_body_bytes))
+    inputs = await _read_inputs(request, ko, endpoint, state.settings.max_body_bytes)
     request_id = request.scope.get("request_id")
     info: dict[str, Any] = {
         "id": ko.id,
