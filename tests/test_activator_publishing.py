@@ -321,3 +321,46 @@ def test_the_curator_walkthrough_against_a_running_activator(
     monkeypatch.setenv("KGRID_TOKEN", PUBLISH_TOKEN)  # a publish-only token cannot change a status
     result = runner.invoke(cli, ["status", "my-score@1.1.0", "--set", "deprecated", "--to", url])
     assert result.exit_code == 1 and "HTTP 403" in result.output and PUBLISH_TOKEN not in result.output
+
+
+# -- remote shelves: kgrid_py.load and kgrid serve from a manifest URL ------------------------------
+
+
+@pytest.fixture
+def manifest_url(tmp_path: Path) -> Iterator[str]:
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "demo-bmi-1.0.0.zip").write_bytes(pack(write_demo_ko(tmp_path / "remote-src", "1.0.0", "draft")))
+    (site / "manifest.json").write_text(json.dumps({"manifest": ["demo-bmi-1.0.0.zip"]}))
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(site)))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/manifest.json"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_load_from_a_manifest_url(manifest_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kgrid_py
+
+    monkeypatch.setenv("KGRID_CACHE", str(tmp_path / "cache"))
+    ko = kgrid_py.load("demo-bmi@1", shelf=manifest_url)
+    assert ko.version == "1.0.0" and ko.call("bmi", GOOD).result["bmi"] == pytest.approx(70 / 1.75**2)
+    assert (tmp_path / "cache" / "shelf" / "demo-bmi" / "1.0.0" / "metadata.json").exists()
+
+
+def test_serve_a_manifest_url(manifest_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KGRID_CACHE", str(tmp_path / "cache"))
+    with Server(manifest_url, "--no-watch", "--inference-threads", "1", log=tmp_path / "serve.log") as server:  # type: ignore[arg-type]
+        response = httpx.post(server.url + "/demo-bmi/1.0.0/bmi", json=GOOD, timeout=30)
+        assert response.status_code == 200, response.text
+    assert "demo-bmi@1.0.0: published from" in server.read_log()
