@@ -113,6 +113,7 @@ def serve(
 
     if require_signature and trust_dir is None:
         raise click.BadParameter("--require-signature needs --trust DIR", param_hint="--trust")
+    _check_tokens(tokens_file)
     if shelf.startswith(("http://", "https://")):
         shelf_path = _sync_manifest(shelf, cache_dir, require_signature, trust_dir, max_archive_bytes)
     else:
@@ -172,3 +173,14 @@ def _sync_manifest(
     for source, reason in result.refused:
         click.echo(f"refused {source}: {reason}", err=True)
     return result.shelf
+
+
+def _check_tokens(tokens_file: Path | None) -> None:
+    """Fail at start-up, with the reason, on a token config the workers could not read."""
+    from kgrid_py.errors import KgridError
+    from kgrid_py.tokens import TokenStore
+
+    try:
+        TokenStore.from_file(tokens_file) if tokens_file else TokenStore.from_env()
+    except KgridError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tokens") from None
