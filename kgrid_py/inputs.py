@@ -26,6 +26,8 @@ from kgrid_py.units import UnitMismatch, conversion_factor
 
 __all__ = ["BatchFeeds", "FieldPlan", "FunctionPlan", "InputWarning"]
 
+MODEL_WARNING_FIELD = "(model)"  # the field of warnings a function attaches to every result
+
 _TENSOR_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "bool": np.bool_}
 
 

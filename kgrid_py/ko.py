@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from kgrid_py.digest import canonical_json, sha256_bytes, sha256_file
 from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, NotFound
-from kgrid_py.inputs import FunctionPlan, InputWarning
+from kgrid_py.inputs import MODEL_WARNING_FIELD, FunctionPlan, InputWarning
 from kgrid_py.metadata import FunctionSpec, KOMetadata, OutputSpec
 from kgrid_py.runtime import ModelSession, RuntimeSettings, get_session
 from kgrid_py.schema import validate_raw_metadata
@@ -110,7 +110,7 @@ class _Function:
         self.output_graph_names = list(dict.fromkeys(o.graph_name for o in self.outputs))
         self.provenance = provenance
         # Built once: every result of this function carries these (e.g. "synthetic data only").
-        self.result_warnings = [InputWarning("(model)", text) for text in spec.result_warnings]
+        self.result_warnings = [InputWarning(MODEL_WARNING_FIELD, text) for text in spec.result_warnings]
         self.result_warning_texts = tuple(str(w) for w in self.result_warnings)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -66,3 +66,14 @@ def test_functions_without_result_warnings_are_unchanged(demo_path: Path) -> Non
     assert ko.function("bmi").result_warnings == []
     assert ko.call("bmi", PATIENT).warnings == []
     assert ko.call_batch("bmi", {k: [v] for k, v in PATIENT.items()}).warnings == [()]
+
+
+def test_empty_expect_warnings_ignores_model_warnings(tmp_path: Path) -> None:
+    """A vector's ``expect_warnings: []`` means no *input* warnings; model warnings always come."""
+    from kgrid_py.vectors import TestVector, TestVectors, run_vectors
+
+    ko = kgrid_py.load("brain-sex-dann", shelf=Path(__file__).resolve().parent.parent / "knowledge_objects")
+    probe = next(v for v in json.loads((ko.path / "tests.json").read_text())["vectors"] if "expected" in v)
+    clean = TestVector.model_validate({**probe, "expect_warnings": []})
+    outcome = run_vectors(ko, TestVectors(vectors=[clean]))[0]
+    assert outcome.passed, outcome.detail
