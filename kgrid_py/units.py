@@ -1,5 +1,9 @@
 """UCUM units: parse the common clinical subset and convert between commensurable units.
 
+Equivalents (``eq``) are deliberately not an atom: 1 meq is 1 mmol only for a monovalent ion,
+so a field that takes ``meq/L`` declares it (bicarbonate), and calcium in ``meq/L`` is refused
+rather than silently read as mmol/L.
+
 Only multiplicative conversions exist here. A conversion that needs a molar mass (creatinine
 umol/L to mg/dL) is analyte-specific, so the KO declares it with the conventional factor
 (``FieldSpec.accepted_units``); :func:`conversion_factor` chains a plain dimensional conversion
@@ -31,7 +35,6 @@ _PREFIXES = {
 _ATOMS: dict[str, tuple[float, dict[str, int]]] = {
     "g": (1.0, {"M": 1}),
     "mol": (1.0, {"N": 1}),
-    "eq": (1.0, {"N": 1}),  # monovalent ions (bicarbonate): 1 mEq/L = 1 mmol/L
     "m": (1.0, {"L": 1}),
     "L": (1e-3, {"L": 3}),
     "l": (1e-3, {"L": 3}),
@@ -45,6 +48,7 @@ _ATOMS: dict[str, tuple[float, dict[str, int]]] = {
     "%": (0.01, {}),
     "1": (1.0, {}),
 }
+_MAX_EXPONENT = 6
 _UNPREFIXABLE = {"%", "1", "min", "h", "d", "wk", "mo", "a"}
 _COMPONENT = re.compile(r"^(?P<body>\{[^{}]*\}|[A-Za-z%]+|1)(?P<exp>-?\d+)?$")
 
@@ -95,6 +99,8 @@ def parse_unit(text: str) -> Unit:
             atom_factor, atom_dims = 1.0, {body: 1}
         else:
             atom_factor, atom_dims = _atom(body)
+        if not -_MAX_EXPONENT <= exp <= _MAX_EXPONENT:
+            raise UnitMismatch(f"invalid unit {text!r} (exponent {exp} out of range)")
         factor *= atom_factor ** (sign * exp)
         for dim, power in atom_dims.items():
             # Keep numerator and denominator apart, so that a mass ratio (mg/g) never passes for a

@@ -22,7 +22,7 @@ UACR = [("mg/mmol", 8.84)]
         ("mmol/L", "mg/dL", CREATININE, 1000 / 88.4),  # chained: mmol/L -> umol/L -> mg/dL
         ("mg/mmol", "mg/g", UACR, 8.84),
         ("g/mol", "mg/g", UACR, 8.84),  # g/mol == mg/mmol dimensionally
-        ("meq/L", "mmol/L", (), 1.0),
+        ("meq/L", "mmol/L", [("meq/L", 1.0)], 1.0),  # only where the field declares it (monovalent)
         ("kg/m2", "g/cm2", (), 0.1),
     ],
 )
@@ -46,7 +46,7 @@ def test_incompatible(source: str, target: str, declared) -> None:
         conversion_factor(source, target, declared)
 
 
-@pytest.mark.parametrize("text", ["", " mg", "mg//dL", "zz/L", "mg/{x", "Mg/dL"])
+@pytest.mark.parametrize("text", ["", " mg", "mg//dL", "zz/L", "mg/{x", "Mg/dL", "a99999999", "kg9999/g", "meq/L"])
 def test_unparseable(text: str) -> None:
     with pytest.raises(UnitMismatch):
         parse_unit(text)
@@ -55,3 +55,9 @@ def test_unparseable(text: str) -> None:
 def test_dimension_of_egfr_unit() -> None:
     unit = parse_unit("mL/min/{1.73_m2}")
     assert dict(unit.dimension) == {"L": 3, "/T": 1, "/{1.73_m2}": 1}
+
+
+def test_equivalents_are_not_moles() -> None:
+    """1 meq of calcium is 0.5 mmol: equivalents convert only where a field declares them."""
+    with pytest.raises(UnitMismatch):
+        conversion_factor("meq/L", "mg/dL", [("mmol/L", 4.008)])
