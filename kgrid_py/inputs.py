@@ -227,9 +227,9 @@ class FunctionPlan:
                 errors.append(self._unknown(name))
         for plan in self.fields:
             value = inputs.get(plan.name)
-            if value is None:
+            if value is None or _is_nan(value):  # NaN is missing, as it is in a table
                 if plan.spec.required:
-                    errors.append(FieldError(plan.name, "is required"))
+                    errors.append(FieldError(plan.name, "is required" if value is None else "is missing"))
                     continue
                 value = plan.default
                 if value is None:
@@ -378,6 +378,10 @@ class FunctionPlan:
                 errors.setdefault(int(row), []).append(FieldError(rule.field, rule.message))
 
 
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float | np.floating) and value != value
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -431,18 +435,19 @@ def _as_arrow_strings(column: Any) -> pa.Array | pa.ChunkedArray | None:
 
 
 def _as_float_array(column: Any) -> np.ndarray | None:
-    """The column as float64 if it is purely numeric (None becomes NaN), else None."""
-    if isinstance(column, np.ndarray) and column.dtype.kind in "iuf":
-        return column.astype(np.float64)
-    try:
-        array = np.asarray(column, dtype=np.float64)
-    except (TypeError, ValueError):
+    """The column as float64 if it holds only real numbers (None becomes NaN), else None.
+
+    Text that looks like a number ("63") and booleans are not numbers: such a column takes the
+    row path, where each cell gets the same error a single call would give.
+    """
+    if isinstance(column, np.ndarray):
+        return column.astype(np.float64) if column.dtype.kind in "iuf" and column.ndim == 1 else None
+    if isinstance(column, pa.Array | pa.ChunkedArray):
+        numeric = pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+        return column.to_numpy(zero_copy_only=False).astype(np.float64) if numeric else None
+    if not all(v is None or type(v) in (int, float) or isinstance(v, np.integer | np.floating) for v in column):
         return None
-    if isinstance(column, np.ndarray) and column.dtype.kind == "b":
-        return None
-    if not isinstance(column, np.ndarray) and any(isinstance(v, bool | str) for v in column):
-        return None
-    return array if array.ndim == 1 else None
+    return np.asarray(column, dtype=np.float64)
 
 
 def _row_message(plan: FieldPlan, value: float) -> str:
