@@ -24,6 +24,7 @@ import shutil
 import stat
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -386,7 +387,7 @@ def _read_small(archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> by
     try:
         with archive.open(info) as handle:
             data = handle.read(cap + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:
         raise ArchiveRejected(f"{info.filename}: cannot be read: {exc}") from None
     if len(data) > cap:
         raise ArchiveTooLarge(f"{info.filename}: over the limit of {cap} bytes")
@@ -435,7 +436,7 @@ def _extract_one(
                 out.write(chunk)
     except ArchiveRejected:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError) as exc:  # CRC errors, truncated data
+    except (zipfile.BadZipFile, EOFError, ValueError, zlib.error) as exc:  # CRC, truncated or corrupt data
         raise ArchiveRejected(f"{info.filename}: corrupt entry: {exc}") from None
     if hasher.hexdigest() != digest:
         raise ArchiveDigestMismatch(

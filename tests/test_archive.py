@@ -218,3 +218,14 @@ def test_hostile_onnx_external_data(demo_path: Path, tmp_path: Path, location: s
         (demo_path / "unlisted.bin").write_bytes(bytes(8))
     seal(demo_path)
     refuse(pack(demo_path), tmp_path, ArchiveRejected, "external data")
+
+
+def test_hostile_corrupt_deflate_stream(demo_path: Path, tmp_path: Path) -> None:
+    """Overwritten compressed bytes (zlib.error while inflating) are a refusal, not a crash."""
+    data = bytearray(pack(demo_path))
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as archive:
+        info = next(i for i in archive.infolist() if i.compress_type == zipfile.ZIP_DEFLATED and i.compress_size > 64)
+    header = 30 + len(info.filename.encode()) + len(info.extra)
+    start = info.header_offset + header
+    data[start : start + 32] = b"\xff" * 32
+    refuse(bytes(data), tmp_path, ArchiveRejected, "cannot be read|corrupt")
