@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,6 +34,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router
 
 from activator.cds_auth import AuthError, JwtVerifier
+from activator.http import parse_json, read_body
+from activator.problems import Problem
 from kgrid_py.errors import InputError, KgridError
 from kgrid_py.fhir import FhirData, FhirDataError, FhirMapping, bound_inputs, map_inputs, prefetch_templates
 from kgrid_py.ko import CallResult, KnowledgeObject
@@ -40,6 +43,9 @@ from kgrid_py.metadata import FunctionSpec
 
 __all__ = ["CdsHooks", "CdsService", "CdsSettings", "cds_router"]
 
+MAX_CDS_BODY_BYTES = 32 * 1024 * 1024  # a prefetch of thousands of resources fits
+MAX_FEEDBACK_PER_CALL = 100
+MAX_FEEDBACK_KEPT = 10_000
 log = logging.getLogger("activator.cds")
 
 KosAccessor = Callable[[Request], Iterable[KnowledgeObject]]
@@ -113,7 +119,7 @@ class CdsHooks:
     def __init__(self, kos: KosAccessor, settings: CdsSettings | None = None) -> None:
         self.kos = kos
         self.settings = settings = settings or CdsSettings()
-        self.feedback: list[dict[str, Any]] = []
+        self.feedback: deque[dict[str, Any]] = deque(maxlen=MAX_FEEDBACK_KEPT)  # the file keeps them all
         self._feedback_lock = threading.Lock()
         self.verifier = settings.verifier
         if settings.no_auth:
@@ -163,6 +169,8 @@ class CdsHooks:
             items = body.get("feedback")
             if not isinstance(items, list) or not items:
                 raise _Reject(400, "'feedback' must be a non-empty array")
+            if len(items) > MAX_FEEDBACK_PER_CALL:
+                raise _Reject(413, f"at most {MAX_FEEDBACK_PER_CALL} feedback entries per call")
             records = []
             for n, item in enumerate(items):
                 if not isinstance(item, dict) or not isinstance(item.get("card"), str):
@@ -282,10 +290,11 @@ def cds_router(kos: KosAccessor, settings: CdsSettings | None = None) -> Router:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
+    """The request as a JSON object, parsed as strictly as every other activator route."""
     try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise _Reject(400, "the request body must be JSON") from None
+        body = parse_json(await read_body(request, MAX_CDS_BODY_BYTES))
+    except Problem as problem:
+        raise _Reject(problem.status, problem.detail) from None
     if not isinstance(body, dict):
         raise _Reject(400, "the request body must be a JSON object")
     return body

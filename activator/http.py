@@ -68,12 +68,23 @@ def _parse_int(text: str) -> int | float:
     return int(text) if len(text) <= 18 else float(text)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dupes = sorted({k for k, _ in pairs if k in seen or seen.add(k)})  # type: ignore[func-returns-value]
+        raise ValueError(f"duplicate key(s) {', '.join(map(repr, dupes))}: which value was meant is ambiguous")
+    return obj
+
+
 def parse_json(body: bytes) -> Any:
-    """Strict JSON (no NaN/Infinity): a 400 problem naming what is wrong, never an exception."""
+    """Strict JSON (no NaN/Infinity, no duplicate keys): a 400 problem naming what is wrong, never an exception."""
     if not body.strip():
         raise Problem(400, "the body is empty; send a JSON object of inputs, or an array of them")
     try:
-        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int)
+        return json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int, object_pairs_hook=_unique_keys
+        )
     except UnicodeDecodeError:
         raise Problem(400, "the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:

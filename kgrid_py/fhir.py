@@ -336,7 +336,10 @@ _UNPARSED = object()
 def _raw_when(value: Any) -> Any:
     if not isinstance(value, str) or not _WHEN.match(value):
         return _UNPARSED
-    moment = datetime.fromisoformat(value)
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:  # well-formed but impossible, e.g. 2026-99-99: let model validation explain
+        return _UNPARSED
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

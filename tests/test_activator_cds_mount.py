@@ -44,3 +44,53 @@ def test_no_auth_mode_answers_with_a_card_naming_missing_data(tmp_path: Path) ->
         cards = call.json()["cards"]
         assert cards and "egfr" in cards[0]["detail"].lower()
         assert "--cds-no-auth" in server.read_log()
+
+
+def test_hostile_requests_get_4xx_never_500(tmp_path: Path) -> None:
+    """Inputs a review found crashing the server: each now gets a clear 4xx."""
+    kfre = '{"age": 63, "sex": "female", "egfr": 45, "uacr": 30'
+    with Server(SHELF, "--cds-no-auth", log=tmp_path / "log") as server:
+        post = lambda path, content: httpx.post(  # noqa: E731
+            server.url + path, content=content, headers={"Content-Type": "application/json"}
+        )
+        duplicate = post("/kfre/1.0.0/four-variable", kfre + ', "age": 64}')
+        assert duplicate.status_code == 400 and "duplicate key" in duplicate.json()["detail"]
+        exponent = post("/kfre/1.0.0/four-variable", kfre.replace("63", '{"value": 63, "unit": "a99999999"}') + "}")
+        assert exponent.status_code == 422
+        nested = post("/cds-services/kfre-1.0.0-four-variable", "[" * 100_000)
+        assert nested.status_code == 400
+        bad_date = {
+            **HOOK,
+            "prefetch": {
+                **HOOK["prefetch"],
+                "egfr": {
+                    "resourceType": "Bundle",
+                    "type": "searchset",
+                    "entry": [
+                        {
+                            "resource": {
+                                "resourceType": "Observation",
+                                "id": "o1",
+                                "status": "final",
+                                "subject": {"reference": "Patient/p1"},
+                                "code": {"coding": [{"system": "http://loinc.org", "code": "33914-3"}]},
+                                "effectiveDateTime": "2026-99-99",
+                                "valueQuantity": {
+                                    "value": 45,
+                                    "system": "http://unitsofmeasure.org",
+                                    "code": "mL/min/{1.73_m2}",
+                                },
+                            }
+                        }
+                    ],
+                },
+            },
+        }
+        assert httpx.post(server.url + "/cds-services/kfre-1.0.0-four-variable", json=bad_date).status_code < 500
+        feedback = {
+            "feedback": [{"card": "x", "outcome": "accepted", "outcomeTimestamp": "2026-01-01T00:00:00Z"}] * 101
+        }
+        assert (
+            httpx.post(server.url + "/cds-services/kfre-1.0.0-four-variable/feedback", json=feedback).status_code == 413
+        )
+        assert "Traceback" not in server.read_log()

@@ -326,7 +326,7 @@ def test_unreachable_fhir_server_is_412(base: str) -> None:
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        pytest.param(b"{not json", 400, "the request body must be JSON", id="not-json"),
+        pytest.param(b"{not json", 400, "malformed JSON", id="not-json"),
         pytest.param([1], 400, "the request body must be a JSON object", id="not-object"),
         pytest.param(call_body({}, hook="order-select"), 400, "'hook' must be 'patient-view'", id="wrong-hook"),
         pytest.param({"hook": "patient-view", "hookInstance": "x"}, 400, "'context.patientId'", id="no-context"),
