@@ -72,6 +72,11 @@ class Dispatcher:
 
 
 def _deliver(jobs: list[_Job], done: Future[list[tuple[bool, Any]]]) -> None:
+    if done.cancelled():  # shutting down: the requests waiting on these jobs end now, not never
+        for _, _, future in jobs:
+            if not future.done():
+                future.cancel()
+        return
     exc = done.exception()
     outcomes = done.result() if exc is None else [(False, exc)] * len(jobs)
     for (_, _, future), (ok, value) in zip(jobs, outcomes, strict=True):

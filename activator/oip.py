@@ -202,6 +202,8 @@ def _columns(spec: FunctionSpec, request_json: dict[str, Any], binary: bytes) ->
         field = fields.get(name)
         if field is None:
             raise _oip_problem(400, f"unexpected input {name!r}; inputs are {', '.join(fields)}")
+        if name in columns:
+            raise _oip_problem(400, f"input {name!r} is given twice: which one was meant is ambiguous")
         if datatype not in _ACCEPTS[field.type]:
             raise _oip_problem(400, f"input {name!r} has datatype {datatype!r}; expected {_input_datatype(field)}")
         if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
@@ -236,6 +238,9 @@ def _columns(spec: FunctionSpec, request_json: dict[str, Any], binary: bytes) ->
             raise _oip_problem(400, f"input {name!r}: {exc}") from None
         if len(values) != count:
             raise _oip_problem(400, f"input {name!r}: shape {shape} needs {count} values, got {len(values)}")
+        fractional = isinstance(values, np.ndarray) and values.dtype.kind == "f"
+        if datatype.startswith(("INT", "UINT")) and fractional and not np.all(values == np.round(values)):
+            raise _oip_problem(400, f"input {name!r}: {datatype} data must be whole numbers")
         if field.type == "tensor":
             values = np.asarray(values).reshape(shape)
         elif isinstance(values, np.ndarray) and values.dtype.kind in "iuf":

@@ -177,3 +177,28 @@ def test_binary_header_past_the_body_is_400(server: Server) -> None:
         f"{server.url}/v2/models/{MODEL}/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"}
     )
     assert response.status_code == 400
+
+
+def _json_request(**overrides: dict) -> dict:
+    tensors = {
+        "weight": {"name": "weight", "datatype": "FP64", "shape": [1], "data": [70.0]},
+        "height": {"name": "height", "datatype": "FP64", "shape": [1], "data": [1.75]},
+        "sex": {"name": "sex", "datatype": "BYTES", "shape": [1], "data": ["female"]},
+        "age": {"name": "age", "datatype": "INT64", "shape": [1], "data": [40]},
+    }
+    tensors.update(overrides)
+    return {"inputs": list(tensors.values())}
+
+
+def test_int64_tensor_with_a_fraction_is_refused(server: Server) -> None:
+    age = {"name": "age", "datatype": "INT64", "shape": [1], "data": [40.7]}
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=_json_request(age=age))
+    assert response.status_code == 400 and "whole numbers" in response.json()["error"]
+    assert httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=_json_request()).status_code == 200
+
+
+def test_a_tensor_given_twice_is_refused(server: Server) -> None:
+    request = _json_request()
+    request["inputs"].append({"name": "weight", "datatype": "FP64", "shape": [1], "data": [90.0]})
+    response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=request)
+    assert response.status_code == 400 and "twice" in response.json()["error"]
