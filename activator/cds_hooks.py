@@ -374,13 +374,20 @@ def _source(service: CdsService) -> dict[str, Any]:
     return source
 
 
-def _inputs_table(mapping: FhirMapping) -> str:
-    if not mapping.sources:
+def _inputs_table(mapping: FhirMapping, function: FunctionSpec) -> str:
+    """Each input used, where it came from; inputs left at the KO's default are said to be assumed."""
+    assumed = [f for f in function.inputs if not f.required and f.name not in mapping.sources]
+    if not mapping.sources and not assumed:
         return ""
     rows = ["| Input | Value | Unit | Observed | Source |", "|---|---|---|---|---|"]
     for name, src in mapping.sources.items():
         when = (src.effective or "")[:10]
         rows.append(f"| {name} | {_format(src.value, None)} | {src.unit or ''} | {when} | {src.resource or ''} |")
+    for f in assumed:
+        value = _format(f.default, None)
+        rows.append(
+            f"| {f.name} | {value} | {f.unit or ''} | | **assumed**: the KO's default, not read from the record |"
+        )
     return "\n".join(rows)
 
 
@@ -430,7 +437,7 @@ def _result_card(service: CdsService, mapping: FhirMapping, call: CallResult) ->
     assert cds is not None
     shown = ", ".join(f"{o.name} {_format(call.result[o.name], o.unit)}" for o in service.function.outputs)
     level, reasons = _indicator(service, call.result)
-    parts = [_inputs_table(mapping)]
+    parts = [_inputs_table(mapping, service.function)]
     if reasons:
         parts.append("\n".join(f"- {r}" for r in reasons))
     if call.warnings:
@@ -446,7 +453,7 @@ def _missing_card(service: CdsService, mapping: FhirMapping) -> dict[str, Any]:
     lines = "\n".join(f"- **{g.input}** ({g.reason}): {g.message}" for g in mapping.gaps)
     parts = [f"Cannot compute {cds.title}; these inputs could not be taken from the record:\n\n{lines}"]
     if mapping.sources:
-        parts.append("Found:\n\n" + _inputs_table(mapping))
+        parts.append("Found:\n\n" + _inputs_table(mapping, service.function))
     parts.append(_citations(service))
     return _card(service, f"{cds.title}: cannot compute, missing {names}", "info", "\n\n".join(parts))
 
@@ -456,6 +463,7 @@ def _invalid_card(service: CdsService, mapping: FhirMapping, exc: KgridError) ->
     assert cds is not None
     problems = exc.errors if isinstance(exc, InputError) else []
     lines = "\n".join(f"- **{e.field}**: {e.message}" for e in problems) or f"- {exc}"
-    detail = f"The record's values cannot be used:\n\n{lines}\n\n{_inputs_table(mapping)}\n\n{_citations(service)}"
+    table = _inputs_table(mapping, service.function)
+    detail = f"The record's values cannot be used:\n\n{lines}\n\n{table}\n\n{_citations(service)}"
     fields = ", ".join(e.field for e in problems)
     return _card(service, f"{cds.title}: cannot compute, unusable {fields or 'inputs'}", "warning", detail)

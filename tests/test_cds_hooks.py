@@ -237,6 +237,10 @@ def test_patient_view_card_with_result_inputs_and_source(base: str) -> None:
     assert card["source"]["label"] == "kfre@1.0.0"
     assert card["source"]["url"] == "https://doi.org/10.1001/jama.2011.451"
     assert "Tangri N" in card["detail"]
+    # An input the record cannot give is not hidden: the calibration used is said to be assumed.
+    assert (
+        "| region | north_american |  | | **assumed**: the KO's default, not read from the record |" in card["detail"]
+    )
 
 
 def test_low_risk_is_info_and_middle_risk_is_warning(base: str) -> None:
