@@ -212,6 +212,7 @@ class FunctionPlan:
         self.required = [f.name for f in self.fields if f.spec.required]
         self.removed = spec.removed_inputs
         self.constraints = spec.constraints
+        self.relations = spec.relations
 
     # -- one patient ---------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class FunctionPlan:
             except ValueError as exc:
                 errors.append(FieldError(plan.name, str(exc)))
         if not errors:
-            errors.extend(self._check_constraints_one(inputs, values))
+            errors.extend(self._check_constraints_one(values))
         if errors:
             raise InputError(errors)
         warnings: list[InputWarning] = []
@@ -262,18 +263,18 @@ class FunctionPlan:
             return FieldError(name, f"is no longer an input of this function: {self.removed[name]}")
         return FieldError(name, f"is not an input of this function (inputs: {', '.join(self.by_name)})")
 
-    def _check_constraints_one(self, inputs: Mapping[str, Any], values: Mapping[str, Any]) -> list[FieldError]:
+    def _check_constraints_one(self, values: Mapping[str, Any]) -> list[FieldError]:
+        """Cross-field rules on the checked values (units converted, labels as their codes)."""
         errors = []
         for rule in self.constraints:
-            if all(self._raw(inputs, name) == want for name, want in rule.when.items()):
-                value = values.get(rule.field)
-                if isinstance(value, float) and not rule.bounds.contains(value):
+            if all(values[name] == _code(self.by_name[name], want) for name, want in rule.when.items()):
+                value = values[rule.field]
+                if not rule.bounds.contains(value):
                     errors.append(FieldError(rule.field, rule.message))
+        for relation in self.relations:
+            if sum(values[name] for name in relation.fields) > values[relation.at_most]:
+                errors.append(FieldError(relation.fields[0], relation.message))
         return errors
-
-    def _raw(self, inputs: Mapping[str, Any], name: str) -> Any:
-        value = inputs.get(name)
-        return self.by_name[name].default if value is None else value
 
     # -- a table -------------------------------------------------------------------------
 
@@ -365,17 +366,25 @@ class FunctionPlan:
         for rule in self.constraints:
             applies = valid.copy()
             for name, want in rule.when.items():
-                plan = self.by_name[name]
-                if plan.kind == "enum":
-                    applies &= arrays[name] == plan.enum_index.get(want, -1.0)  # type: ignore[arg-type]
-                elif plan.kind == "boolean":
-                    applies &= arrays[name] == (1.0 if want else 0.0)
-                else:
-                    applies &= arrays[name] == want
+                applies &= arrays[name] == _code(self.by_name[name], want)
             broken = applies & ~_within(arrays[rule.field], rule.bounds)
             for row in np.flatnonzero(broken):
                 valid[row] = False
                 errors.setdefault(int(row), []).append(FieldError(rule.field, rule.message))
+        for relation in self.relations:
+            total = sum(arrays[name] for name in relation.fields)
+            for row in np.flatnonzero(valid & (total > arrays[relation.at_most])):
+                valid[row] = False
+                errors.setdefault(int(row), []).append(FieldError(relation.fields[0], relation.message))
+
+
+def _code(plan: FieldPlan, value: str | bool | float) -> float:
+    """A constraint's literal as the field's checked value: an enum's index, a boolean's 0/1."""
+    if plan.kind == "enum":
+        return plan.enum_index.get(value, -1.0)  # type: ignore[arg-type]
+    if plan.kind == "boolean":
+        return 1.0 if value else 0.0
+    return float(value)
 
 
 def _is_nan(value: Any) -> bool:

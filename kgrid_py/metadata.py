@@ -29,6 +29,7 @@ __all__ = [
     "Lifecycle",
     "OutputSpec",
     "Provenance",
+    "Relation",
     "UnitConversion",
 ]
 
@@ -216,6 +217,15 @@ class Constraint(_Model):
     message: str
 
 
+class Relation(_Model):
+    """A rule between inputs: the sum of ``fields`` may not exceed ``at_most`` (years smoked plus
+    years since quitting cannot exceed age). Checked after unit conversion."""
+
+    fields: list[str] = Field(min_length=1)
+    at_most: str
+    message: str
+
+
 class CardIndicator(_Model):
     """Thresholds on an output that raise a CDS card's indicator to warning or critical."""
 
@@ -244,6 +254,7 @@ class FunctionSpec(_Model):
     inputs: list[FieldSpec]
     outputs: list[OutputSpec]
     constraints: list[Constraint] = Field(default_factory=list)
+    relations: list[Relation] = Field(default_factory=list)
     cds: CdsService | None = None
     removed_inputs: dict[str, str] = Field(
         default_factory=dict,
@@ -260,10 +271,11 @@ class FunctionSpec(_Model):
             if dupes:
                 raise ValueError(f"function {self.name!r} has duplicate {kind} names: {dupes}")
         known = {f.name for f in self.inputs}
-        for rule in self.constraints:
-            for name in [rule.field, *rule.when]:
-                if name not in known:
-                    raise ValueError(f"constraint in {self.name!r} names unknown input {name!r}")
+        named = [[rule.field, *rule.when] for rule in self.constraints]
+        named += [[*relation.fields, relation.at_most] for relation in self.relations]
+        for name in (n for names in named for n in names):
+            if name not in known:
+                raise ValueError(f"a constraint or relation in {self.name!r} names unknown input {name!r}")
         return self
 
 

@@ -198,3 +198,27 @@ def test_fresh_build_computes_the_committed_graph(tmp_path: Path) -> None:
     for a, b in zip(fresh, committed, strict=True):
         assert np.array_equal(a, b)
     assert json.loads((tmp_path / "tests.json").read_text()) == json.loads((KO / "tests.json").read_text())
+
+
+def test_years_smoked_and_since_quitting_cannot_exceed_age_in_call_and_batch() -> None:
+    ko = kgrid_py.load("plcom2012", shelf=SHELF)
+    person = {
+        "age": 60,
+        "race": "white",
+        "education": 4,
+        "bmi": 27,
+        "copd": False,
+        "personal_cancer_history": False,
+        "family_lung_cancer_history": False,
+        "smoking_status": "former",
+        "cigarettes_per_day": 20,
+        "smoking_years": 40,
+        "years_since_quit": 20,
+    }
+    assert ko.call("risk", person).result["risk_6y"] > 0  # 40 + 20 = 60: possible
+    impossible = {**person, "years_since_quit": 21}
+    with pytest.raises(InputError, match="cannot exceed age"):
+        ko.call("risk", impossible)
+    out = ko.call_batch("risk", {k: [person[k], impossible[k]] for k in person})
+    assert out.errors[0] is None
+    assert out.errors[1] is not None and "cannot exceed age" in out.errors[1]

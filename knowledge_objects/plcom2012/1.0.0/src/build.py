@@ -48,20 +48,29 @@ def export(model: ModuleType, path: Path) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter, on purpose
         torch.onnx.export(
-            model.PLCOm2012().eval(), args, str(path), dynamo=False, opset_version=OPSET,
-            input_names=list(model.INPUTS), output_names=list(model.OUTPUTS),
+            model.PLCOm2012().eval(),
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(model.INPUTS),
+            output_names=list(model.OUTPUTS),
             dynamic_axes={name: {0: "N"} for name in [*model.INPUTS, *model.OUTPUTS]},
         )
 
 
 def expected(reference: ModuleType, fields: dict[str, Any]) -> dict[str, Any]:
     risk = reference.risk_6y(
-        age=fields["age"], race=fields["race"], education=fields["education"],
-        bmi=fields["bmi"], copd=fields["copd"],
+        age=fields["age"],
+        race=fields["race"],
+        education=fields["education"],
+        bmi=fields["bmi"],
+        copd=fields["copd"],
         personal_cancer_history=fields["personal_cancer_history"],
         family_lung_cancer_history=fields["family_lung_cancer_history"],
         current_smoker=fields["smoking_status"] == "current",
-        cigarettes_per_day=fields["cigarettes_per_day"], smoking_years=fields["smoking_years"],
+        cigarettes_per_day=fields["cigarettes_per_day"],
+        smoking_years=fields["smoking_years"],
         years_since_quit=fields["years_since_quit"],
     )
     threshold = fields.get("threshold", DEFAULT_THRESHOLD)
@@ -70,9 +79,16 @@ def expected(reference: ModuleType, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 BASE: dict[str, Any] = {
-    "age": 62, "race": "white", "education": 4, "bmi": 27, "copd": False,
-    "personal_cancer_history": False, "family_lung_cancer_history": False,
-    "smoking_status": "former", "cigarettes_per_day": 20, "smoking_years": 27,
+    "age": 62,
+    "race": "white",
+    "education": 4,
+    "bmi": 27,
+    "copd": False,
+    "personal_cancer_history": False,
+    "family_lung_cancer_history": False,
+    "smoking_status": "former",
+    "cigarettes_per_day": 20,
+    "smoking_years": 27,
     "years_since_quit": 10,
 }
 CURRENT: dict[str, Any] = {**BASE, "smoking_status": "current", "years_since_quit": 0}
@@ -85,20 +101,29 @@ def vectors(reference: ModuleType) -> list[dict[str, Any]]:
         out.append({"name": name, "function": "risk", "input": fields, "source": source, **rest})
 
     def valid(name: str, fields: dict[str, Any], warn: list[str] | None = None) -> None:
-        vector(name, fields, SOURCE, expected=expected(reference, fields), rel_tol=1e-9,
-               expect_warnings=warn or [])
+        vector(name, fields, SOURCE, expected=expected(reference, fields), rel_tol=1e-9, expect_warnings=warn or [])
 
     anchor = {**BASE, "cigarettes_per_day": CENTRE_CPD}
-    vector("sanity anchor: every term at its centre -> expit(-4.532506) = 0.0106393", anchor,
-           "clinical-equations reference: expit(intercept), 7 significant digits",
-           expected={"risk_6y": 0.0106393, "screening_recommended": False},
-           rel_tol=0.0, abs_tol=5e-8, expect_warnings=[])
+    vector(
+        "sanity anchor: every term at its centre -> expit(-4.532506) = 0.0106393",
+        anchor,
+        "clinical-equations reference: expit(intercept), 7 significant digits",
+        expected={"risk_6y": 0.0106393, "screening_recommended": False},
+        rel_tol=0.0,
+        abs_tol=5e-8,
+        expect_warnings=[],
+    )
     valid("sanity anchor (unrounded)", anchor)
     example = {**BASE, "cigarettes_per_day": 80}
-    vector("worked example: 62 y, White, education 4, BMI 27, former, 80/day, 27 y, quit 10",
-           example, "published worked example of a public PLCOm2012 implementation (README)",
-           expected={"risk_6y": 0.01750922, "screening_recommended": True},
-           rel_tol=0.0, abs_tol=5e-9, expect_warnings=[])
+    vector(
+        "worked example: 62 y, White, education 4, BMI 27, former, 80/day, 27 y, quit 10",
+        example,
+        "published worked example of a public PLCOm2012 implementation (README)",
+        expected={"risk_6y": 0.01750922, "screening_recommended": True},
+        rel_tol=0.0,
+        abs_tol=5e-9,
+        expect_warnings=[],
+    )
     valid("worked example (unrounded)", example)
 
     for race in reference.RACE:
@@ -108,14 +133,24 @@ def vectors(reference: ModuleType) -> list[dict[str, Any]]:
         valid(f"education {education}", {**BASE, "education": education})
     for age in (55, 58, 62, 66, 70, 74, 74.9):
         valid(f"age {age}", {**BASE, "age": age})
-        valid(f"age {age}, current smoker, 40 pack-years", {**CURRENT, "age": age,
-              "smoking_years": min(40, age - 15)})
+        valid(f"age {age}, current smoker, 40 pack-years", {**CURRENT, "age": age, "smoking_years": min(40, age - 15)})
     for flag in ("copd", "personal_cancer_history", "family_lung_cancer_history"):
         valid(f"{flag} true", {**BASE, flag: True})
-    valid("all risk factors, current smoker", {
-        **CURRENT, "race": "black", "education": 1, "bmi": 21, "copd": True,
-        "personal_cancer_history": True, "family_lung_cancer_history": True,
-        "cigarettes_per_day": 40, "smoking_years": 45, "age": 70})
+    valid(
+        "all risk factors, current smoker",
+        {
+            **CURRENT,
+            "race": "black",
+            "education": 1,
+            "bmi": 21,
+            "copd": True,
+            "personal_cancer_history": True,
+            "family_lung_cancer_history": True,
+            "cigarettes_per_day": 40,
+            "smoking_years": 45,
+            "age": 70,
+        },
+    )
     for bmi in (16, 22, 35, 50):
         valid(f"BMI {bmi}", {**BASE, "bmi": bmi})
     for cpd in (1, 5, 10, 30, 60):
@@ -133,24 +168,25 @@ def vectors(reference: ModuleType) -> list[dict[str, Any]]:
     # Must fail.
     for name, fields, bad in (
         ("cigarettes_per_day 0", {**BASE, "cigarettes_per_day": 0}, ["cigarettes_per_day"]),
-        ("cigarettes_per_day negative", {**BASE, "cigarettes_per_day": -3},
-         ["cigarettes_per_day"]),
+        ("cigarettes_per_day negative", {**BASE, "cigarettes_per_day": -3}, ["cigarettes_per_day"]),
         ("education 7", {**BASE, "education": 7}, ["education"]),
         ("education 0", {**BASE, "education": 0}, ["education"]),
         ("education 2.5 (not a level)", {**BASE, "education": 2.5}, ["education"]),
-        ("current smoker with years_since_quit 5", {**CURRENT, "years_since_quit": 5},
-         ["years_since_quit"]),
+        ("current smoker with years_since_quit 5", {**CURRENT, "years_since_quit": 5}, ["years_since_quit"]),
         ("unknown race", {**BASE, "race": "martian"}, ["race"]),
         ("race given as an index", {**BASE, "race": 0}, ["race"]),
-        ("never smoker (out of scope)", {**BASE, "smoking_status": "never"},
-         ["smoking_status"]),
+        ("never smoker (out of scope)", {**BASE, "smoking_status": "never"}, ["smoking_status"]),
         ("age 17", {**BASE, "age": 17}, ["age"]),
         ("BMI 0", {**BASE, "bmi": 0}, ["bmi"]),
         ("copd given as 1 instead of true", {**BASE, "copd": 1}, ["copd"]),
         ("threshold above 1", {**BASE, "threshold": 1.5}, ["threshold"]),
         ("years_since_quit negative", {**BASE, "years_since_quit": -1}, ["years_since_quit"]),
-        ("smoking_years missing", {k: v for k, v in BASE.items() if k != "smoking_years"},
-         ["smoking_years"]),
+        ("smoking_years missing", {k: v for k, v in BASE.items() if k != "smoking_years"}, ["smoking_years"]),
+        (
+            "smoking_years + years_since_quit over age",
+            {**BASE, "age": 60, "smoking_years": 45, "years_since_quit": 20},
+            ["smoking_years"],
+        ),
     ):
         vector(name, fields, "input validation", expect_error=bad)
     return out

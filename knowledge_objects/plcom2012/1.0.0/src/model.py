@@ -25,9 +25,18 @@ RACE_TERMS = [0.0, 0.3944778, -0.7434744, -0.466585, 0.0, 1.027152]
 SMOKING_STATUSES = ["current", "former"]
 
 INPUTS = (
-    "age", "race", "education", "bmi", "copd", "personal_cancer_history",
-    "family_lung_cancer_history", "smoking_status", "cigarettes_per_day", "smoking_years",
-    "years_since_quit", "threshold",
+    "age",
+    "race",
+    "education",
+    "bmi",
+    "copd",
+    "personal_cancer_history",
+    "family_lung_cancer_history",
+    "smoking_status",
+    "cigarettes_per_day",
+    "smoking_years",
+    "years_since_quit",
+    "threshold",
 )
 OUTPUTS = ("risk_6y", "screening_recommended")
 

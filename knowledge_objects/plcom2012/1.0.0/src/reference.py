@@ -19,9 +19,17 @@ RACE = {
 
 
 def logit(
-    age: float, race: str, education: int, bmi: float, copd: bool,
-    personal_cancer_history: bool, family_lung_cancer_history: bool, current_smoker: bool,
-    cigarettes_per_day: float, smoking_years: float, years_since_quit: float,
+    age: float,
+    race: str,
+    education: int,
+    bmi: float,
+    copd: bool,
+    personal_cancer_history: bool,
+    family_lung_cancer_history: bool,
+    current_smoker: bool,
+    cigarettes_per_day: float,
+    smoking_years: float,
+    years_since_quit: float,
 ) -> float:
     """The PLCOm2012 linear predictor (log-odds of lung cancer within 6 years)."""
     return (
