@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from kgrid_py.errors import KgridError
+
 __all__ = ["Unit", "UnitMismatch", "conversion_factor", "parse_unit"]
 
 _PREFIXES = {
@@ -53,7 +55,7 @@ _UNPREFIXABLE = {"%", "1", "min", "h", "d", "wk", "mo", "a"}
 _COMPONENT = re.compile(r"^(?P<body>\{[^{}]*\}|[A-Za-z%]+|1)(?P<exp>-?\d+)?$")
 
 
-class UnitMismatch(ValueError):
+class UnitMismatch(KgridError, ValueError):
     """Raised when a unit cannot be parsed or converted to the one asked for."""
 
 
