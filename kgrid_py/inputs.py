@@ -111,11 +111,7 @@ class FieldPlan:
                 raise ValueError(f"must be a whole number, got {value}")
             number *= factor
             if self.hard is not None and not self.hard.contains(number):
-                raise ValueError(
-                    f"{_fmt(number)} {self.unit or ''} is impossible here: must be {self.hard.describe()}".replace(
-                        "  ", " "
-                    )
-                )
+                raise ValueError(self.impossible(number))
             return number
         if kind == "boolean":
             if not isinstance(value, bool | np.bool_):
@@ -142,6 +138,12 @@ class FieldPlan:
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError("contains NaN or infinite values")
         return array
+
+    def impossible(self, number: float) -> str:
+        """The message for a value outside the hard bounds."""
+        assert self.hard is not None
+        unit = f" {self.unit}" if self.unit else ""
+        return f"{_fmt(number)}{unit} is impossible here: must be {self.hard.describe()}"
 
     def warning_for(self, number: float) -> InputWarning | None:
         if self.population is None or self.population.contains(number):
@@ -464,8 +466,7 @@ def _row_message(plan: FieldPlan, value: float) -> str:
         return "is missing" if np.isnan(value) else f"must be a finite number, got {value}"
     if plan.kind == "integer" and value != round(value):
         return f"must be a whole number, got {value:g}"
-    assert plan.hard is not None
-    return f"{_fmt(value)} {plan.unit or ''} is impossible here: must be {plan.hard.describe()}".replace("  ", " ")
+    return plan.impossible(value)
 
 
 def _within(array: np.ndarray, bounds: Bounds) -> np.ndarray:
