@@ -19,6 +19,20 @@ SHELF = REPO / "knowledge_objects"
 KO = SHELF / "plcom2012" / "1.0.0"
 OUTPUTS = ["risk_6y", "screening_recommended"]
 N = 3000
+# The public implementation's worked example: risk 0.01750922.
+WORKED_EXAMPLE = {
+    "age": 62,
+    "race": "white",
+    "education": 4,
+    "bmi": 27,
+    "copd": False,
+    "personal_cancer_history": False,
+    "family_lung_cancer_history": False,
+    "smoking_status": "former",
+    "cigarettes_per_day": 80,
+    "smoking_years": 27,
+    "years_since_quit": 10,
+}
 
 
 def _metadata() -> dict[str, Any]:
@@ -117,19 +131,7 @@ def test_tiny_risks_keep_their_relative_precision() -> None:
 
 def test_published_examples_through_the_loader() -> None:
     ko = kgrid_py.load("plcom2012", shelf=SHELF)
-    person = {
-        "age": 62,
-        "race": "white",
-        "education": 4,
-        "bmi": 27,
-        "copd": False,
-        "personal_cancer_history": False,
-        "family_lung_cancer_history": False,
-        "smoking_status": "former",
-        "cigarettes_per_day": 80,
-        "smoking_years": 27,
-        "years_since_quit": 10,
-    }
+    person = WORKED_EXAMPLE
     out = ko.call("risk", person)
     assert out.result["risk_6y"] == pytest.approx(0.01750922, abs=5e-9)
     assert out.result["screening_recommended"] is True
@@ -143,12 +145,11 @@ def test_published_examples_through_the_loader() -> None:
 def test_current_smoker_with_years_since_quit_is_an_error() -> None:
     ko = kgrid_py.load("plcom2012", shelf=SHELF)
     person = {
-        "age": 62,
+        **WORKED_EXAMPLE,
         "race": "black",
         "education": 2,
         "bmi": 24,
         "copd": True,
-        "personal_cancer_history": False,
         "family_lung_cancer_history": True,
         "smoking_status": "current",
         "cigarettes_per_day": 20,
@@ -164,14 +165,10 @@ def test_current_smoker_with_years_since_quit_is_an_error() -> None:
 def test_ages_outside_55_to_74_warn() -> None:
     ko = kgrid_py.load("plcom2012", shelf=SHELF)
     person = {
-        "age": 50,
+        **WORKED_EXAMPLE,
         "race": "asian",
         "education": 5,
         "bmi": 22,
-        "copd": False,
-        "personal_cancer_history": False,
-        "family_lung_cancer_history": False,
-        "smoking_status": "former",
         "cigarettes_per_day": 15,
         "smoking_years": 30,
         "years_since_quit": 5,
@@ -202,19 +199,7 @@ def test_fresh_build_computes_the_committed_graph(tmp_path: Path) -> None:
 
 def test_years_smoked_and_since_quitting_cannot_exceed_age_in_call_and_batch() -> None:
     ko = kgrid_py.load("plcom2012", shelf=SHELF)
-    person = {
-        "age": 60,
-        "race": "white",
-        "education": 4,
-        "bmi": 27,
-        "copd": False,
-        "personal_cancer_history": False,
-        "family_lung_cancer_history": False,
-        "smoking_status": "former",
-        "cigarettes_per_day": 20,
-        "smoking_years": 40,
-        "years_since_quit": 20,
-    }
+    person = {**WORKED_EXAMPLE, "age": 60, "cigarettes_per_day": 20, "smoking_years": 40, "years_since_quit": 20}
     assert ko.call("risk", person).result["risk_6y"] > 0  # 40 + 20 = 60: possible
     impossible = {**person, "years_since_quit": 21}
     with pytest.raises(InputError, match="cannot exceed age"):
