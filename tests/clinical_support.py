@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from kgrid_py.ko import read_metadata
+
 
 def import_source(path: Path) -> ModuleType:
     """Import a KO source file (KO folders are not packages), once per path."""
@@ -30,3 +32,9 @@ def raw_session(path: Path) -> Any:
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def graph_inputs(ko_dir: Path, function: str) -> list[str]:
+    """The graph inputs of ``function``, in declaration order (the torch module's argument order)."""
+    spec = read_metadata(ko_dir)[1].function(function)
+    return [f.graph_name for f in spec.inputs]

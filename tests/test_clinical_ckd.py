@@ -8,6 +8,7 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+from clinical_support import graph_inputs
 from clinical_support import import_source as _import
 from clinical_support import raw_session as _session
 
@@ -31,9 +32,7 @@ def _reference(version: str) -> ModuleType:
 
 
 def _graph_inputs(version: str, function: str) -> list[str]:
-    meta = json.loads((KO / version / "metadata.json").read_text())
-    spec = next(f for f in meta["functions"] if f["name"] == function)
-    return [f["name"] for f in spec["inputs"]]
+    return graph_inputs(KO / version, function)
 
 
 def _random_feeds(names: list[str], n: int = N, seed: int = 0) -> dict[str, np.ndarray]:

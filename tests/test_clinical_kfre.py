@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from clinical_support import graph_inputs
 from clinical_support import import_source as _import
 from clinical_support import raw_session as _session
 
@@ -24,9 +25,7 @@ N = 3000
 
 
 def _graph_inputs(function: str) -> list[str]:
-    meta = json.loads((KO / "metadata.json").read_text())
-    spec = next(f for f in meta["functions"] if f["name"] == function)
-    return [f["name"] for f in spec["inputs"]]
+    return graph_inputs(KO, function)
 
 
 def _random_feeds(names: list[str], n: int = N, seed: int = 0) -> dict[str, np.ndarray]:
