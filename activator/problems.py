@@ -116,10 +116,9 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
         detail = f"no route {request.url.path}; see GET / for the routes and GET /kos for the KOs"
     elif exc.status_code == 405:
         detail = f"{request.method} is not allowed on {request.url.path}"
-        if "allow" in {k.lower() for k in headers}:
-            extensions["allow"] = [
-                m.strip() for m in next(v for k, v in headers.items() if k.lower() == "allow").split(",")
-            ]
+        allow = next((v for k, v in headers.items() if k.lower() == "allow"), None)
+        if allow is not None:
+            extensions["allow"] = [m.strip() for m in allow.split(",")]
     else:
         detail = str(exc.detail)
     return problem_response(request, Problem(exc.status_code, detail, headers=headers, **extensions))

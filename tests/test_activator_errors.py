@@ -171,6 +171,7 @@ def test_wrong_method_is_405(client: httpx.Client, method: str, path: str, allow
     response = client.request(method, path, json=GOOD)
     _problem(response, 405)
     assert set(response.headers["allow"].split(", ")) == set(allow)
+    assert set(response.json()["allow"]) == set(allow)  # the body names them too, for problem+json clients
 
 
 @pytest.mark.parametrize(

@@ -172,11 +172,13 @@ def test_malformed_requests_are_400_with_an_error_member(server: Server, body: b
     assert fragment in response.json()["error"]
 
 
-def test_binary_header_past_the_body_is_400(server: Server) -> None:
+@pytest.mark.parametrize("length", ["99", "-1", "abc", ""])
+def test_binary_header_that_does_not_fit_the_body_is_400(server: Server, length: str) -> None:
     response = httpx.post(
-        f"{server.url}/v2/models/{MODEL}/infer", content=b"{}", headers={"Inference-Header-Content-Length": "99"}
+        f"{server.url}/v2/models/{MODEL}/infer", content=b"{}", headers={"Inference-Header-Content-Length": length}
     )
     assert response.status_code == 400
+    assert "Inference-Header-Content-Length" in response.json()["error"]
 
 
 def _json_request(**overrides: dict) -> dict:
