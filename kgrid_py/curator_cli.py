@@ -134,28 +134,14 @@ def publish(
 def post_archive(data: bytes, base_url: str, token: str | None) -> object:
     """POST the archive to ``<base_url>/kos`` with a bearer token; the parsed answer, or RemoteError."""
     url = base_url if urlparse(base_url).path.rstrip("/").endswith("/kos") else base_url.rstrip("/") + "/kos"
+    _warn_plain_http(url, token)
+    return _request("POST", url, {"Content-Type": "application/zip"}, token, "publish", data=data)
+
+
+def _warn_plain_http(url: str, token: str | None) -> None:
     parsed = urlparse(url)
     if token and parsed.scheme == "http" and not _is_loopback(parsed.hostname or ""):
         click.echo("warning: sending a token over plain http; use https outside this machine", err=True)
-    headers = {"Content-Type": "application/zip"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    try:
-        response = requests.post(url, data=data, headers=headers, timeout=_TIMEOUT)
-    except requests.RequestException as exc:
-        raise RemoteError(f"{url}: {exc.__class__.__name__}") from None
-    try:
-        body: object = response.json()
-    except ValueError:
-        body = response.text
-    if response.status_code in (200, 201):
-        return body
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    hint = {401: " (no or unknown token: pass --token or set KGRID_TOKEN)", 403: " (the token lacks the publish role)"}
-    message = f"{url}: HTTP {response.status_code}{hint.get(response.status_code, '')}: {str(detail)[:500]}"
-    if token:
-        message = message.replace(token, "***")
-    raise RemoteError(message)
 
 
 def _is_loopback(host: str) -> bool:
@@ -223,16 +209,14 @@ def _remote_status(
         raise click.UsageError(f"--to {base_url!r}: expected an http(s) URL")
     url = f"{base_url.rstrip('/')}/kos/{reference.ko_id}/{reference.spec}/status"
     headers = {"Accept": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     if new_status is None:
-        body = _request("GET", url, headers, None, token)
+        body = _request("GET", url, headers, token, "admin")
     else:
-        parsed = urlparse(url)
-        if token and parsed.scheme == "http" and not _is_loopback(parsed.hostname or ""):
-            click.echo("warning: sending a token over plain http; use https outside this machine", err=True)
+        _warn_plain_http(url, token)
         payload = {"status": new_status, "successor": successor, "sunset": sunset}
-        body = _request("POST", url, headers, {k: v for k, v in payload.items() if v is not None}, token)
+        body = _request("POST", url, headers, token, "admin", json={k: v for k, v in payload.items() if v is not None})
+    if not isinstance(body, dict):
+        raise RemoteError(f"{url}: the answer is not a JSON object: {str(body)[:500]}")
     extra = "".join(f", {k} {body[k]}" for k in ("successor", "sunset") if body.get(k))
     if new_status is None:
         click.echo(f"{body.get('ref', ref)}: {body.get('status')}{extra}")
@@ -242,19 +226,22 @@ def _remote_status(
         click.echo(f"{body['ref']}: already {body['status']}{extra}")
 
 
-def _request(method: str, url: str, headers: dict[str, str], payload: object, token: str | None) -> dict[str, Any]:
+def _request(method: str, url: str, headers: dict[str, str], token: str | None, role: str, **send: Any) -> object:
+    """Send with a bearer token; the parsed answer of a 200/201, else RemoteError with the token masked."""
+    if token:
+        headers = {**headers, "Authorization": f"Bearer {token}"}
     try:
-        response = requests.request(method, url, json=payload, headers=headers, timeout=_TIMEOUT)
+        response = requests.request(method, url, headers=headers, timeout=_TIMEOUT, **send)
     except requests.RequestException as exc:
         raise RemoteError(f"{url}: {exc.__class__.__name__}") from None
     try:
         body: object = response.json()
     except ValueError:
         body = response.text
-    if response.status_code == 200 and isinstance(body, dict):
+    if response.status_code in (200, 201):
         return body
     detail = body.get("detail", body) if isinstance(body, dict) else body
-    hint = {401: " (no or unknown token: pass --token or set KGRID_TOKEN)", 403: " (the token lacks the admin role)"}
+    hint = {401: " (no or unknown token: pass --token or set KGRID_TOKEN)", 403: f" (the token lacks the {role} role)"}
     message = f"{url}: HTTP {response.status_code}{hint.get(response.status_code, '')}: {str(detail)[:500]}"
     if token:
         message = message.replace(token, "***")
