@@ -1,4 +1,4 @@
-"""Helpers shared by the clinical KO tests: import a KO's source file, open a bare ORT session."""
+"""Helpers shared by the KO tests: import a KO's source file, open a bare ORT session."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from kgrid_py.ko import read_metadata
 
 
-def import_source(path: Path) -> ModuleType:
-    """Import a KO source file (KO folders are not packages), once per path."""
-    name = "_test_clinical_" + "".join(c if c.isalnum() else "_" for c in str(path))
+def import_source(path: Path, name: str | None = None) -> ModuleType:
+    """Import a KO source file (KO folders are not packages), once per path or given module name."""
+    name = name or "_test_clinical_" + "".join(c if c.isalnum() else "_" for c in str(path))
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from clinical_support import import_source
 
 KO_DIR = Path(__file__).resolve().parents[1] / "knowledge_objects" / "brain-sex-dann" / "1.0.0"
 MODEL = KO_DIR / "model.onnx"
@@ -18,14 +17,8 @@ ACCURACY_FLOOR = 0.80
 
 
 def _ko_module(name: str) -> ModuleType:
-    module_name = f"brain_sex_dann_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, KO_DIR / "src" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    # The KO's source files import each other under these names.
+    return import_source(KO_DIR / "src" / f"{name}.py", name=f"brain_sex_dann_{name}")
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -27,13 +27,12 @@ move an accuracy by a subject or two, which the margins absorb.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from clinical_support import import_source
 
 KO_DIR = Path(__file__).resolve().parents[1] / "knowledge_objects" / "brain-sex-dann" / "1.0.0"
 SEED = 0
@@ -44,14 +43,8 @@ SOURCE_ONLY_CEILING = 0.70 + 0.05
 
 
 def _ko_module(name: str) -> ModuleType:
-    module_name = f"brain_sex_dann_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, KO_DIR / "src" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
+    # The KO's source files import each other under these names.
+    return import_source(KO_DIR / "src" / f"{name}.py", name=f"brain_sex_dann_{name}")
 
 
 def test_short_seeded_run_meets_the_floors_with_margins() -> None:
