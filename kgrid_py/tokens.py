@@ -14,7 +14,6 @@ known by its ``name``, which is what the audit log records.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kgrid_py.curator_errors import CurationError, Forbidden, Unauthorized
+from kgrid_py.digest import sha256_bytes
 
 __all__ = ["ROLES", "Principal", "TokenStore", "bearer_token", "generate_token", "hash_token"]
 
@@ -40,7 +40,7 @@ class Principal:
 
 
 def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+    return sha256_bytes(token.encode("utf-8"))
 
 
 def generate_token() -> str:
@@ -113,7 +113,7 @@ class TokenStore:
         """The principal a token belongs to; :class:`Unauthorized` if none or unknown."""
         if not token:
             raise Unauthorized("a bearer token is required")
-        presented = hashlib.sha256(token.encode("utf-8")).digest()
+        presented = bytes.fromhex(hash_token(token))
         found: Principal | None = None
         for name, digest, roles in self._entries:  # no early exit: constant time over the store
             if hmac.compare_digest(presented, digest):
