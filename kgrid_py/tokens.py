@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class TokenStore:
             roles = item.get("roles")
             if not isinstance(roles, list) or not roles or not set(roles) <= set(ROLES):
                 raise CurationError(f"token {item['name']!r}: 'roles' must be a non-empty list from {list(ROLES)}")
-            if isinstance(item.get("sha256"), str) and len(item["sha256"]) == 64:
+            if isinstance(item.get("sha256"), str) and re.fullmatch("[0-9a-fA-F]{64}", item["sha256"]):
                 digest = bytes.fromhex(item["sha256"])
             elif isinstance(item.get("token"), str) and len(item["token"]) >= 16:
                 digest = bytes.fromhex(hash_token(item["token"]))

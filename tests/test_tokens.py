@@ -69,14 +69,28 @@ def test_from_env_and_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "entry",
-    [{"name": "x", "roles": ["root"], "token": PUBLISHER}, {"name": "x", "roles": ["publish"], "token": "short"}],
-    ids=["unknown-role", "short-token"],
+    [
+        {"name": "x", "roles": ["root"], "token": PUBLISHER},
+        {"name": "x", "roles": ["publish"], "token": "short"},
+        {"name": "x", "roles": ["publish"], "sha256": "z" * 64},
+        {"name": "x", "roles": ["publish"], "sha256": "ab" * 16},
+        {"name": "x", "roles": []},
+        {"roles": ["publish"], "token": PUBLISHER},
+    ],
+    ids=["unknown-role", "short-token", "non-hex-sha256", "short-sha256", "no-roles", "no-name"],
 )
 def test_bad_config(entry: dict[str, object]) -> None:
     with pytest.raises(CurationError):
         TokenStore.from_config({"tokens": [entry]})
 
 
+@pytest.mark.parametrize("config", [[], {"tokens": {}}, {"token": []}], ids=["list", "tokens-not-list", "no-tokens"])
+def test_config_without_a_tokens_list(config: object) -> None:
+    with pytest.raises(CurationError, match="'tokens' list"):
+        TokenStore.from_config(config)
+
+
 def test_helpers() -> None:
     assert bearer_token("Bearer abc") == "abc" and bearer_token("Bearer ") is None
     assert len(generate_token()) >= 40
+    assert hash_token("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # FIPS 180-2 "abc"
