@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,6 @@ class BatchResult(Mapping[str, np.ndarray]):
     errors: list[str | None]
     warnings: list[tuple[str, ...]]
     provenance: Provenance
-    field_errors: dict[int, list[Any]] = field(repr=False, default_factory=dict)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.columns[key]
@@ -223,7 +222,7 @@ class KnowledgeObject:
         if fn.result_warning_texts:
             extra = fn.result_warning_texts
             warnings = [w + extra if ok else w for w, ok in zip(warnings, batch.valid.tolist(), strict=True)]
-        return BatchResult(result, errors, warnings, fn.provenance, batch.errors)
+        return BatchResult(result, errors, warnings, fn.provenance)
 
     # -- self-test -----------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kgrid_py.errors import NotFound
+
 __all__ = [
     "KOIO_CONTEXT",
     "Bounds",
@@ -51,6 +53,14 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def _inside_ko(path: str) -> str:
+    """A path relative to the KO folder that cannot leave it (no root, drive or '..')."""
+    parts = re.split(r"[\\/]", path)
+    if path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path) or ".." in parts:
+        raise ValueError(f"file path {path!r} must be relative and stay inside the KO")
+    return path
 
 
 class Creator(_Model):
@@ -289,10 +299,7 @@ class FileEntry(_Model):
     @field_validator("path")
     @classmethod
     def _relative_inside(cls, path: str) -> str:
-        parts = re.split(r"[\\/]", path)
-        if path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path) or ".." in parts:
-            raise ValueError(f"file path {path!r} must be relative and stay inside the KO")
-        return path
+        return _inside_ko(path)
 
 
 class Provenance(_Model):
@@ -329,6 +336,11 @@ class KOMetadata(_Model):
         default_factory=dict, description="Named decision thresholds other tools may use"
     )
 
+    @field_validator("tests")
+    @classmethod
+    def _tests_inside(cls, path: str | None) -> str | None:
+        return None if path is None else _inside_ko(path)
+
     @model_validator(mode="after")
     def _consistent(self) -> KOMetadata:
         expected_id = f"{self.identifier}/{self.version}"
@@ -349,8 +361,6 @@ class KOMetadata(_Model):
         for function in self.functions:
             if function.name == name:
                 return function
-        from kgrid_py.errors import NotFound
-
         raise NotFound(
             f"{self.identifier}@{self.version} has no function {name!r}",
             available=[f.name for f in self.functions],

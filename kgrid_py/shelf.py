@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,6 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
-        import re
-
         ko_id, _, spec = text.partition("@")
         if not re.match(KO_ID_PATTERN, ko_id):
             raise InvalidReference(f"invalid KO reference {text!r}: expected id, id@version or id@range")

@@ -49,8 +49,18 @@ def test_missing_metadata(demo_path: Path) -> None:
         (lambda raw: raw.update({"surprise": 1}), "surprise"),
         (lambda raw: raw["files"][0].update({"sha256": "abc"}), "sha256"),
         (lambda raw: raw["files"][0].update({"path": "../model.onnx"}), r"\.\."),
+        (lambda raw: raw.update({"tests": "../../outside.json"}), "stay inside the KO"),
     ],
-    ids=["no-version", "bad-semver", "bad-status", "bad-field-type", "unknown-key", "bad-digest", "path-escape"],
+    ids=[
+        "no-version",
+        "bad-semver",
+        "bad-status",
+        "bad-field-type",
+        "unknown-key",
+        "bad-digest",
+        "path-escape",
+        "tests-path-escape",
+    ],
 )
 def test_schema_violations_are_reported(demo_path: Path, edit, message: str) -> None:
     _edit_metadata(demo_path, edit)
