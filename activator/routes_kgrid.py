@@ -49,8 +49,7 @@ def resolve_entry(snapshot: Snapshot, ko_id: str, spec: str | None, *, from_quer
     except InvalidReference as exc:
         if from_query:
             raise Problem(400, f"?v= {exc}") from None
-        if ko_id not in snapshot.ids:
-            raise Problem(404, f"no KO {ko_id!r}", available=snapshot.ids) from None
+        # Only a bad version can get here: an unknown ko_id is NotFound before anything is parsed.
         raise Problem(404, f"{ko_id} has no version {spec!r}", available=snapshot.listing(ko_id)) from None
     except NotFound as exc:
         raise Problem(404, Exception.__str__(exc), available=exc.available) from None
