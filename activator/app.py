@@ -32,7 +32,7 @@ from activator.middleware import RequestContext
 from activator.openapi import combined_spec
 from activator.problems import Problem, exception_handlers
 from activator.publishing import Publishing, reload_everywhere
-from activator.registry import Registry
+from activator.registry import Registry, Snapshot
 from activator.settings import Settings
 from kgrid_py.runtime import RuntimeSettings
 
@@ -71,15 +71,7 @@ async def ready(request: Request) -> Response:
     registry = state_of(request).registry
     if not registry.ready:
         raise Problem(503, "the shelf is still loading", headers={"Retry-After": "1"})
-    snapshot = registry.current
-    return json_response(
-        {
-            "status": "ready",
-            "generation": snapshot.generation,
-            "served": [f"{e.ko_id}@{e.version}" for e, _ in snapshot.served()],
-            "failed": [f.as_dict() for f in snapshot.failed],
-        }
-    )
+    return json_response({"status": "ready", **_loaded(registry.current)})
 
 
 async def metrics(request: Request) -> Response:
@@ -94,14 +86,16 @@ async def admin_reload(request: Request) -> Response:
     state = state_of(request)
     # --admin-token, or a token with the admin role (--tokens); the other workers reload too.
     request.app.state.publishing.authorize_reload(request, state.settings.admin_token)
-    snapshot = await reload_everywhere(state)
-    return json_response(
-        {
-            "generation": snapshot.generation,
-            "served": [f"{e.ko_id}@{e.version}" for e, _ in snapshot.served()],
-            "failed": [f.as_dict() for f in snapshot.failed],
-        }
-    )
+    return json_response(_loaded(await reload_everywhere(state)))
+
+
+def _loaded(snapshot: Snapshot) -> dict[str, Any]:
+    """What /ready and /admin/reload say about a snapshot: its generation, what is served, what failed."""
+    return {
+        "generation": snapshot.generation,
+        "served": [f"{e.ko_id}@{e.version}" for e, _ in snapshot.served()],
+        "failed": [f.as_dict() for f in snapshot.failed],
+    }
 
 
 async def bench_echo(request: Request) -> Response:
