@@ -254,6 +254,9 @@ def _columns(spec: FunctionSpec, request_json: dict[str, Any], binary: bytes) ->
     return columns, rows
 
 
+_OUTPUT_DTYPES = {"BOOL": np.bool_, "INT64": "<i8", "FP64": "<f8"}
+
+
 def _encode(spec: OutputSpec, column: np.ndarray, binary: bool) -> tuple[dict[str, Any], bytes | None]:
     datatype = _output_datatype(spec)
     shape = list(column.shape)
@@ -262,14 +265,8 @@ def _encode(spec: OutputSpec, column: np.ndarray, binary: bool) -> tuple[dict[st
         labels = [str(v).encode() for v in column.ravel()]
         raw = b"".join(struct.pack("<I", len(b)) + b for b in labels) if binary else None
         data: Any = [b.decode() for b in labels]
-    elif datatype == "BOOL":
-        array = np.asarray(column, dtype=np.bool_)
-        raw, data = (array.tobytes(), None) if binary else (None, array.ravel().tolist())
-    elif datatype == "INT64":
-        array = np.asarray(column, dtype="<i8")
-        raw, data = (array.tobytes(), None) if binary else (None, array.ravel().tolist())
     else:
-        array = np.asarray(column, dtype="<f8")
+        array = np.asarray(column, dtype=_OUTPUT_DTYPES[datatype])
         raw, data = (array.tobytes(), None) if binary else (None, array.ravel().tolist())
     if binary:
         tensor["parameters"] = {"binary_data_size": len(raw or b"")}
