@@ -23,9 +23,7 @@ from typing import Any
 from kgrid_py.audit import append_audit, audit_path, shelf_lock, state_dir, utc_now, write_json
 from kgrid_py.curator_errors import LifecycleError
 from kgrid_py.errors import NotFound
-from kgrid_py.ko import METADATA_FILE
-from kgrid_py.metadata import KOMetadata
-from kgrid_py.publish import content_identity
+from kgrid_py.publish import content_identity, set_lifecycle_fields
 from kgrid_py.shelf import Reference, Shelf, ShelfEntry, resolve_among
 
 __all__ = ["SETTABLE", "TRANSITIONS", "LifecycleInfo", "StatusChange", "lifecycle_info", "set_status"]
@@ -128,15 +126,10 @@ def _set_locked(shelf: Path, ref: str, status: str, successor: str | None, sunse
             return StatusChange(exact, previous, status, entry.successor, False)
         if previous != status and status not in TRANSITIONS.get(previous, frozenset()):
             raise LifecycleError(f"{exact} is {previous}; it cannot become {status}")
-        file = entry.path / METADATA_FILE
-        raw: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
-        raw["status"] = status
-        if successor is not None:
-            raw["successor"] = successor
-        KOMetadata.model_validate(raw)
-        write_json(file, raw)
+        fields = {"status": status} if successor is None else {"status": status, "successor": successor}
+        raw = set_lifecycle_fields(entry.path, **fields)
         record_path = _record_path(shelf, entry.ko_id, entry.version)
-        record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
+        record = _read_record(record_path)
         if status == "deprecated" and previous != "deprecated":
             record["deprecated_at"] = utc_now()
         if status == "active":
@@ -152,8 +145,7 @@ def _set_locked(shelf: Path, ref: str, status: str, successor: str | None, sunse
 def lifecycle_info(shelf: Path, ko_id: str, version: str) -> LifecycleInfo:
     """Status, successor and dates of one version (for the activator's headers and 410 bodies)."""
     entry = _entry(shelf, f"{ko_id}@{version}")
-    record_path = _record_path(Path(shelf), ko_id, version)
-    record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
+    record = _read_record(_record_path(Path(shelf), ko_id, version))
     return LifecycleInfo(entry.status, entry.successor, record.get("deprecated_at"), record.get("sunset"))
 
 
@@ -178,6 +170,10 @@ def _check_successor(shelf: Path, exact: str, successor: str) -> str:
 
 def _record_path(shelf: Path, ko_id: str, version: str) -> Path:
     return state_dir(shelf) / "lifecycle" / ko_id / f"{version}.json"
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def _parse_time(text: str) -> datetime:

@@ -185,7 +185,7 @@ def _publish_locked(
         passed = _run_vectors(staging, metadata) if policy.run_vectors else 0
         status = metadata.status
         if policy.activate and status == "draft":
-            status = _set_status_field(staging, "active")
+            status = set_lifecycle_fields(staging, status="active")["status"]
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, target)
         write_json(
@@ -220,13 +220,15 @@ def _run_vectors(path: Path, metadata: KOMetadata) -> int:
     return len(outcomes)
 
 
-def _set_status_field(path: Path, status: str) -> str:
-    file = path / METADATA_FILE
-    raw = json.loads(file.read_text(encoding="utf-8"))
-    raw["status"] = status
+def set_lifecycle_fields(ko_dir: Path, **fields: str) -> dict[str, Any]:
+    """Set ``MUTABLE_FIELDS`` in a KO folder's metadata, validated before it is written; the new raw metadata."""
+    assert set(fields) <= set(MUTABLE_FIELDS), fields
+    file = ko_dir / METADATA_FILE
+    raw: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    raw.update(fields)
     KOMetadata.model_validate(raw)
     write_json(file, raw)
-    return status
+    return raw
 
 
 def content_identity(ko_dir: Path) -> str:
