@@ -60,7 +60,8 @@ def plco_chunk(rng: np.random.Generator, start: int, n: int) -> pa.RecordBatch:
     smoking_status = np.where(current, "current", "former")
     cigarettes = np.clip(rng.gamma(4.0, 5.0, n), 1, 80).round(0)
     years = np.minimum(np.clip(rng.normal(35, 10, n), 1, 70).round(0), age - 12)
-    since = np.where(current, 0.0, np.clip(rng.exponential(10, n), 0, 50).round(0))
+    # Quitting happened after smoking began, after age 12: years + since never exceeds age.
+    since = np.where(current, 0.0, np.minimum(np.clip(rng.exponential(10, n), 0, 50).round(0), age - 12 - years))
     bad = rng.random(n) < BAD_SHARE  # a current smoker who quit years ago: a constraint error
     since[bad & current] = 5.0
     return pa.RecordBatch.from_arrays(
