@@ -594,10 +594,14 @@ def _show(source: InputSource) -> str:
 
 def _comparable(f: FieldSpec, source: InputSource) -> Any:
     if isinstance(source.value, float | int) and source.unit and f.unit:
-        return round(
-            source.value * conversion_factor(source.unit, f.unit, [(u.unit, u.factor) for u in f.accepted_units]), 6
-        )
+        return round(source.value * _factor_to(f, source.unit), 6)
     return source.value
+
+
+def _factor_to(f: FieldSpec, unit: str) -> float:
+    """The factor from ``unit`` into ``f``'s declared unit, its accepted units included."""
+    assert f.unit is not None
+    return conversion_factor(unit, f.unit, [(u.unit, u.factor) for u in f.accepted_units])
 
 
 def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputSource:
@@ -646,7 +650,7 @@ def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputS
                     )
                 )
             try:
-                conversion_factor(unit, f.unit, [(u.unit, u.factor) for u in f.accepted_units])
+                _factor_to(f, unit)
             except (UnitMismatch, ValueError):
                 accepted = ", ".join([f.unit, *(u.unit for u in f.accepted_units)])
                 raise _GapFound(
