@@ -158,14 +158,10 @@ def _sync_manifest(
     url: str, cache_dir: Path | None, require_signature: bool, trust_dir: Path | None, max_archive_bytes: int
 ) -> Path:
     """Download and check a remote manifest's archives into the cache; the local shelf to serve."""
-    import dataclasses
-
-    from kgrid_py.archive import ArchiveLimits
-    from kgrid_py.publish import PublishPolicy
+    from activator.publishing import publish_policy
     from kgrid_py.remote import sync
 
-    limits = dataclasses.replace(ArchiveLimits(), max_archive_bytes=max_archive_bytes)
-    policy = PublishPolicy(require_signature=require_signature, trust_dir=trust_dir, limits=limits)
+    policy = publish_policy(require_signature, trust_dir, max_archive_bytes)
     cache = cache_dir or Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
     result = sync(url, cache, policy)
     for outcome in result.published:

@@ -65,13 +65,19 @@ from kgrid_py.publish import PublishPolicy, publish_archive
 from kgrid_py.shelf import InvalidReference, Reference
 from kgrid_py.tokens import Principal, TokenStore
 
-__all__ = ["ARCHIVE_TYPES", "Publishing", "deprecation_headers"]
+__all__ = ["ARCHIVE_TYPES", "Publishing", "deprecation_headers", "publish_policy"]
 
 log = logging.getLogger("activator")
 
 ARCHIVE_TYPES = ("application/zip", "application/octet-stream")
 _STATUS_KEYS = frozenset({"status", "successor", "sunset"})
 _MAX_STATUS_BODY = 16_384
+
+
+def publish_policy(require_signature: bool, trust_dir: Path | None, max_archive_bytes: int) -> PublishPolicy:
+    """The policy archives are checked against, for ``POST /kos`` and a manifest URL alike."""
+    limits = dataclasses.replace(ArchiveLimits(), max_archive_bytes=max_archive_bytes)
+    return PublishPolicy(require_signature=require_signature, trust_dir=trust_dir, limits=limits)
 
 
 class Publishing:
@@ -87,10 +93,7 @@ class Publishing:
         else:
             self.tokens = TokenStore.from_env()
             self.configured = bool(os.environ.get("KGRID_TOKENS_FILE") or os.environ.get("KGRID_TOKENS"))
-        limits = dataclasses.replace(ArchiveLimits(), max_archive_bytes=settings.max_archive_bytes)
-        self.policy = PublishPolicy(
-            require_signature=settings.require_signature, trust_dir=settings.trust_dir, limits=limits
-        )
+        self.policy = publish_policy(settings.require_signature, settings.trust_dir, settings.max_archive_bytes)
 
     @property
     def routes(self) -> list[Route]:
