@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +81,10 @@ def parse_manifest(document: Any, base_url: str) -> list[RemoteItem]:
         absolute = urljoin(base_url, url)
         if urlparse(absolute).scheme not in ("http", "https"):
             raise RemoteError(f"manifest item {i}: only http(s) URLs are fetched, not {absolute!r}")
-        if digest is not None and (not isinstance(digest, str) or len(digest) != 64):
-            raise RemoteError(f"manifest item {i}: 'sha256' must be 64 hex digits")
+        if digest is not None:  # it names a cache file: anything but hex could point outside the cache
+            if not isinstance(digest, str) or not re.fullmatch("[0-9a-fA-F]{64}", digest):
+                raise RemoteError(f"manifest item {i}: 'sha256' must be 64 hex digits")
+            digest = digest.lower()
         items.append(RemoteItem(absolute, ko_id if isinstance(ko_id, str) else None, digest))
     return items
 

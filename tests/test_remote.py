@@ -134,9 +134,28 @@ def test_missing_manifest(server: tuple[Path, str, list[str]], tmp_path: Path) -
         ({"manifest": [42]}, "neither a URL"),
         ({"manifest": ["file:///etc/passwd"]}, "only http"),
         ([{"@id": "x", "url": "a.zip", "sha256": "short"}], "64 hex"),
+        ([{"@id": "x", "url": "a.zip", "sha256": "z" * 64}], "64 hex"),
+        ([{"@id": "x", "url": "a.zip", "sha256": "./" * 26 + "../../victim"}], "64 hex"),
     ],
-    ids=["wrong-shape", "wrong-item", "file-url", "bad-digest"],
+    ids=["wrong-shape", "wrong-item", "file-url", "bad-digest", "non-hex-digest", "digest-as-path"],
 )
 def test_bad_manifests(document: object, message: str) -> None:
     with pytest.raises(RemoteError, match=message):
         parse_manifest(document, "http://127.0.0.1/manifest.json")
+
+
+def test_an_upper_case_digest_names_the_same_cache_file() -> None:
+    digest = "AB" * 32
+    [item] = parse_manifest([{"url": "a.zip", "sha256": digest}], "http://127.0.0.1/manifest.json")
+    assert item.sha256 == digest.lower()
+
+
+def test_a_digest_cannot_reach_outside_the_cache(server: tuple[Path, str, list[str]], tmp_path: Path) -> None:
+    root, base, _ = server
+    victim = tmp_path / "victim.zip"
+    victim.write_bytes(b"not the cache's")
+    (tmp_path / "cache" / "archives").mkdir(parents=True)
+    (root / "evil.json").write_text(json.dumps([{"url": "x.zip", "sha256": "./" * 26 + "../../victim"}]))
+    with pytest.raises(RemoteError, match="64 hex"):
+        sync(f"{base}evil.json", tmp_path / "cache")
+    assert victim.read_bytes() == b"not the cache's"
