@@ -22,7 +22,7 @@ from kgrid_py.scoring import (
     parse_pairs,
     score_file,
 )
-from kgrid_py.shelf import default_shelf_path, load
+from kgrid_py.shelf import load
 
 __all__ = ["score"]
 
@@ -81,7 +81,7 @@ def score(
     try:
         mapping = parse_pairs(maps, "--map")
         unit_map = parse_pairs(units, "--unit")
-        ko = load(ref, shelf=shelf if shelf is not None else default_shelf_path())
+        ko = load(ref, shelf=shelf)  # None: load's own default, which also takes a manifest URL
         reporter = None
         if progress is not False:
             reporter = make_progress(

@@ -121,3 +121,21 @@ def test_registered_in_a_group_with_debug_shows_the_exception(demo_shelf: Path, 
     result = CliRunner().invoke(group, ["--debug", *args, "--output", "o.parquet"])
     assert result.exit_code == 1
     assert isinstance(result.exception, LookupError)
+
+
+def test_shelf_from_the_environment(runner: CliRunner, demo_shelf: Path, work: Path, monkeypatch) -> None:
+    monkeypatch.setenv("KGRID_SHELF", str(demo_shelf))
+    args = ["demo-bmi@1", "bmi", "--input", str(work / "in.csv"), "--output", str(work / "out.parquet")]
+    result = runner.invoke(score, [*args, "--map", "weight_lb=weight", "--unit", "weight_lb=[lb_av]", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(work / "out.parquet").num_rows == 3
+
+
+def test_a_manifest_url_in_the_environment_is_synced(runner: CliRunner, work: Path, monkeypatch) -> None:
+    url = "http://127.0.0.1:9/manifest.json"  # nothing listens: the sync is tried and fails
+    monkeypatch.setenv("KGRID_SHELF", url)
+    monkeypatch.setenv("KGRID_CACHE", str(work / "cache"))
+    args = ["demo-bmi@1", "bmi", "--input", str(work / "in.csv"), "--output", str(work / "out.parquet")]
+    result = runner.invoke(score, args)
+    assert result.exit_code == 1
+    assert f"error: {url}: ConnectionError" in result.output
