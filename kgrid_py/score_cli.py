@@ -2,13 +2,20 @@
 
 A standalone click command; the ``kgrid`` group registers it. Exit 0 when the file was scored
 (rows that could not be scored are in the output with an ``error``), 1 when it could not be,
-2 for usage errors (a bad ``--map``, ``--unit`` or ``--keep``).
+2 for usage errors (a bad ``--map``, ``--unit`` or ``--keep``), and 128 + the signal number
+(130 for SIGINT, 143 for SIGTERM) when it was interrupted: the partial output is removed first,
+so an interrupted run leaves no ``.partial`` file and an existing output as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import click
 
@@ -24,7 +31,43 @@ from kgrid_py.scoring import (
 )
 from kgrid_py.shelf import load
 
-__all__ = ["score"]
+__all__ = ["Interrupted", "score"]
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread when SIGINT or SIGTERM arrives during a run.
+
+    A BaseException so nothing that catches ``Exception`` swallows it: it unwinds through
+    :func:`~kgrid_py.scoring.score_file`, which removes its temporary output on the way out.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "killed by this signal"
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` while the block runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread; callers there keep theirs
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @click.command(name="score")
@@ -87,19 +130,23 @@ def score(
             reporter = make_progress(
                 bar=progress if progress else None, interval=float(os.environ.get("KGRID_PROGRESS_INTERVAL", "5"))
             )
-        summary = score_file(
-            ko,
-            endpoint,
-            input_path,
-            output_path,
-            mapping=mapping,
-            units=unit_map,
-            keep=[c.strip() for c in keep.split(",") if c.strip()],
-            batch_size=batch_size,
-            input_format=input_format,
-            output_format=output_format,
-            progress=reporter,
-        )
+        with _stop_on_signals():
+            summary = score_file(
+                ko,
+                endpoint,
+                input_path,
+                output_path,
+                mapping=mapping,
+                units=unit_map,
+                keep=[c.strip() for c in keep.split(",") if c.strip()],
+                batch_size=batch_size,
+                input_format=input_format,
+                output_format=output_format,
+                progress=reporter,
+            )
+    except Interrupted as exc:
+        click.echo(f"interrupted ({signal.Signals(exc.signum).name}): no output written", err=True)
+        ctx.exit(exc.exit_code)
     except MappingError as exc:
         if debug:
             raise
