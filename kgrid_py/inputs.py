@@ -22,11 +22,13 @@ import pyarrow.compute as pc
 
 from kgrid_py.errors import FieldError, InputError
 from kgrid_py.metadata import Bounds, FieldSpec, FunctionSpec
-from kgrid_py.units import UnitMismatch, conversion_factor
+from kgrid_py.units import UnitMismatch, UnitTooLong, conversion_factor
 
 __all__ = ["BatchFeeds", "FieldPlan", "FunctionPlan", "InputWarning"]
 
 MODEL_WARNING_FIELD = "(model)"  # the field of warnings a function attaches to every result
+
+_MAX_CACHED_UNITS = 64  # distinct unit spellings remembered per field; callers choose them
 
 _TENSOR_DTYPES = {"float32": np.float32, "float64": np.float64, "int64": np.int64, "bool": np.bool_}
 
@@ -70,21 +72,28 @@ class FieldPlan:
     # -- one value ---------------------------------------------------------------------------
 
     def factor_for(self, unit: Any) -> float:
-        """The multiplier from ``unit`` into the declared unit; an error if it has none."""
+        """The multiplier from ``unit`` into the declared unit; an error if it has none.
+
+        Units are caller text: an over-long one is refused unread, messages quote at most 40
+        characters of it, and the per-field cache of factors is bounded.
+        """
         if not isinstance(unit, str):
             raise ValueError(f"unit must be a string, got {type(unit).__name__}")
         factor = self._factors.get(unit)
         if factor is None:
             if self.unit is None:
-                raise ValueError(f"takes no unit, but {unit!r} was given")
+                raise ValueError(f"takes no unit, but {_describe(unit)} was given")
             try:
                 factor = conversion_factor(unit, self.unit, self.declared_units)
+            except UnitTooLong as exc:
+                raise ValueError(str(exc)) from None
             except UnitMismatch:
                 accepted = [self.unit] + [u for u, _ in self.declared_units]
                 raise ValueError(
-                    f"unit {unit!r} cannot be converted to {self.unit!r} (accepted: {', '.join(accepted)})"
+                    f"unit {_describe(unit)} cannot be converted to {self.unit!r} (accepted: {', '.join(accepted)})"
                 ) from None
-            self._factors[unit] = factor
+            if len(self._factors) < _MAX_CACHED_UNITS:
+                self._factors[unit] = factor
         return factor
 
     def coerce(self, value: Any) -> Any:

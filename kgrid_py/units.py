@@ -8,6 +8,10 @@ Only multiplicative conversions exist here. A conversion that needs a molar mass
 umol/L to mg/dL) is analyte-specific, so the KO declares it with the conventional factor
 (``FieldSpec.accepted_units``); :func:`conversion_factor` chains a plain dimensional conversion
 onto such a declared unit, so ``mmol/L`` creatinine works once ``umol/L`` is declared.
+
+Units come from callers (JSON bodies, batch columns, FHIR quantities), so parsing is linear in the
+text and a unit longer than :data:`MAX_UNIT_LENGTH` characters is refused before it is read. The
+micro sign (U+00B5) and Greek mu (U+03BC), as labs print ``µmol/L``, are the UCUM prefix ``u``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,19 @@ from functools import lru_cache
 
 from kgrid_py.errors import KgridError
 
-__all__ = ["Unit", "UnitMismatch", "conversion_factor", "parse_unit"]
+__all__ = [
+    "MAX_UNIT_LENGTH",
+    "Unit",
+    "UnitMismatch",
+    "UnitTooLong",
+    "conversion_factor",
+    "normalize_unit",
+    "parse_unit",
+]
+
+MAX_UNIT_LENGTH = 64
+"""The longest unit expression accepted; clinical units are a dozen characters."""
+_MICRO_SIGNS = str.maketrans({"\u00b5": "u", "\u03bc": "u"})
 
 _PREFIXES = {
     "k": 1e3,
@@ -59,6 +75,10 @@ class UnitMismatch(KgridError, ValueError):
     """Raised when a unit cannot be parsed or converted to the one asked for."""
 
 
+class UnitTooLong(UnitMismatch):
+    """Raised when a unit expression is longer than :data:`MAX_UNIT_LENGTH` (never parsed)."""
+
+
 @dataclass(frozen=True)
 class Unit:
     """A parsed UCUM unit: a factor to base units and its dimension (annotations count)."""
@@ -79,17 +99,49 @@ def _atom(symbol: str) -> tuple[float, dict[str, int]]:
     raise UnitMismatch(f"unknown unit symbol {symbol!r}")
 
 
-@lru_cache(maxsize=512)
+def normalize_unit(text: str) -> str:
+    """``text`` with micro signs as UCUM's ``u``; :class:`UnitTooLong` past :data:`MAX_UNIT_LENGTH`.
+
+    The message never quotes the text: a hostile unit may be megabytes long.
+    """
+    if len(text) > MAX_UNIT_LENGTH:
+        raise UnitTooLong(f"unit is {len(text)} characters long; a UCUM unit has at most {MAX_UNIT_LENGTH}")
+    return text.translate(_MICRO_SIGNS)
+
+
 def parse_unit(text: str) -> Unit:
-    """Parse a UCUM expression such as ``mg/dL``, ``umol/L`` or ``mL/min/{1.73_m2}``."""
+    """Parse a UCUM expression such as ``mg/dL``, ``umol/L``, ``µmol/L`` or ``mL/min/{1.73_m2}``."""
+    return _parse(normalize_unit(text))
+
+
+def _split(text: str) -> list[str]:
+    """Components and the operators between them, in one pass: "mL/min/{1.73_m2}" -> mL, /, min, /, {..}.
+
+    A ``.`` or ``/`` inside an annotation (``{1.73_m2}``) is part of it, not an operator.
+    """
+    tokens: list[str] = []
+    start = 0
+    in_annotation = False
+    for index, char in enumerate(text):
+        if char == "{":
+            in_annotation = True
+        elif char == "}":
+            in_annotation = False
+        elif char in "./" and not in_annotation:
+            tokens += [text[start:index], char]
+            start = index + 1
+    tokens.append(text[start:])
+    return tokens
+
+
+@lru_cache(maxsize=512)
+def _parse(text: str) -> Unit:
     if not text or text != text.strip():
         raise UnitMismatch(f"invalid unit {text!r}")
     factor = 1.0
     dims: dict[str, int] = {}
-    # Operators and the components between them, e.g. "mL/min/{1.73_m2}" -> mL, /, min, /, {...}
-    tokens = re.split(r"([./])(?![^{]*\})", text)
     sign = 1
-    for index, token in enumerate(tokens):
+    for index, token in enumerate(_split(text)):
         if index % 2:
             sign = -1 if token == "/" else 1
             continue
@@ -123,10 +175,12 @@ def conversion_factor(source: str, target: str, declared: Iterable[tuple[str, fl
 
     ``declared`` lists analyte-specific units as ``(unit, factor_to_target)``; they are tried
     after plain dimensional conversion, each possibly preceded by a dimensional step.
+    Raises :class:`UnitMismatch` (:class:`UnitTooLong` for an over-long unit) when none applies.
     """
+    source, target = normalize_unit(source), normalize_unit(target)
     if source == target:
         return 1.0
-    declared = list(declared)
+    declared = [(normalize_unit(unit), factor) for unit, factor in declared]
     for unit, factor in declared:
         if unit == source:
             return factor
