@@ -1,9 +1,12 @@
 """KO archives: one zip per KO version, packed deterministically and unpacked defensively.
 
 Layout: every file of the KO folder at its relative path, plus ``manifest.json`` (canonical JSON:
-``{"format", "id", "version", "files": {path: sha256}}``) and, once signed, ``signature.json``
-(see :mod:`kgrid_py.signing`). The manifest's own sha256 is the archive's identity: it is what a
-signature covers and what the audit log records. Packing the same folder twice gives identical
+``{"format": "kgrid-archive/2", "id", "version", "files": {path: sha256}}``) and, once signed,
+``signature.json`` (see :mod:`kgrid_py.signing`). The manifest's sha256 is the KO version's
+identity (:mod:`kgrid_py.digest`): what a signature covers, what the audit log records, and what
+the loaded KO reports as its ``content_digest``. ``metadata.json``'s entry is the digest of its
+canonical JSON without ``status`` and ``successor``, so publishing, deprecating or retiring a
+version never changes its identity. Packing the same folder twice gives identical
 bytes: entries are sorted, timestamps fixed at 1980-01-01, permissions fixed at 0644.
 
 Unpacking trusts nothing: names are checked before any byte is written (no absolute paths, no
@@ -31,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge
-from kgrid_py.digest import canonical_json, sha256_bytes
+from kgrid_py.digest import (
+    MANIFEST_FORMAT,
+    entry_digest,
+    identity_digest,
+    manifest_bytes,
+    skipped,
+)
+from kgrid_py.digest import collect_files as _collect_files
 from kgrid_py.ko import METADATA_FILE, read_metadata, verify_files
 from kgrid_py.metadata import KO_ID_PATTERN, SEMVER_PATTERN
 
@@ -50,7 +60,7 @@ __all__ = [
     "replace_entry",
 ]
 
-FORMAT = "kgrid-archive/1"
+FORMAT = MANIFEST_FORMAT
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "signature.json"
 RESERVED = (MANIFEST_NAME, SIGNATURE_NAME)
@@ -59,7 +69,6 @@ _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 _FILE_MODE = stat.S_IFREG | 0o644
 _CHUNK = 1 << 20
 _MiB = 1 << 20
-_SKIPPED_DIRS = {"__pycache__"}
 
 
 @dataclass(frozen=True)
@@ -105,40 +114,21 @@ def pack(ko_dir: Path) -> bytes:
     verify_files(ko_dir, metadata)
     check_metadata_paths(raw)
     contents = {name: path.read_bytes() for name, path in collect_files(ko_dir)}
-    manifest = {
-        "format": FORMAT,
-        "id": metadata.identifier,
-        "version": metadata.version,
-        "files": {name: sha256_bytes(data) for name, data in contents.items()},
-    }
-    contents[MANIFEST_NAME] = canonical_json(manifest)
+    files = {name: entry_digest(name, data) for name, data in contents.items()}
+    contents[MANIFEST_NAME] = manifest_bytes(metadata.identifier, metadata.version, files)
     return _write_zip(contents)
 
 
 def collect_files(ko_dir: Path) -> list[tuple[str, Path]]:
     """The files a KO archive holds, sorted: no hidden files, no ``__pycache__``, no symlinks."""
-    found: list[tuple[str, Path]] = []
-    for root, dirs, files in os.walk(ko_dir, followlinks=False):
-        base = Path(root)
-        for name in list(dirs):
-            if (base / name).is_symlink():
-                raise ArchiveRejected(f"{(base / name).relative_to(ko_dir)}: symlinks cannot be packed")
-        dirs[:] = sorted(d for d in dirs if not _skipped(d))
-        for name in files:
-            path = base / name
-            rel = path.relative_to(ko_dir).as_posix()
-            if _skipped(name):
-                continue
-            if path.is_symlink() or not path.is_file():
-                raise ArchiveRejected(f"{rel}: only regular files can be packed (symlink or special file)")
-            if rel in RESERVED:
-                raise ArchiveRejected(f"{rel}: the name is reserved for the archive itself")
-            found.append((rel, path))
-    return sorted(found)
+    try:
+        return _collect_files(ko_dir)
+    except ValueError as exc:
+        raise ArchiveRejected(str(exc)) from None
 
 
 def _skipped(part: str) -> bool:
-    return part.startswith(".") or part in _SKIPPED_DIRS or part.endswith(".pyc")
+    return skipped(part)
 
 
 def _write_zip(contents: dict[str, bytes]) -> bytes:
@@ -208,8 +198,8 @@ def _inspect(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits)
     entries = _check_entries(archive.infolist(), archive_size, limits)
     if MANIFEST_NAME not in entries:
         raise ArchiveRejected(f"archive has no {MANIFEST_NAME}")
-    manifest_bytes = _read_small(archive, entries[MANIFEST_NAME], limits.max_manifest_bytes)
-    manifest = _parse_manifest(manifest_bytes)
+    raw_manifest = _read_small(archive, entries[MANIFEST_NAME], limits.max_manifest_bytes)
+    manifest = _parse_manifest(raw_manifest)
     declared = set(manifest["files"])
     present = set(entries) - set(RESERVED)
     if present - declared:
@@ -219,13 +209,13 @@ def _inspect(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits)
     if METADATA_FILE not in entries:
         raise ArchiveRejected(f"archive has no {METADATA_FILE}")
     metadata_bytes = _read_small(archive, entries[METADATA_FILE], limits.max_manifest_bytes)
-    if sha256_bytes(metadata_bytes) != manifest["files"][METADATA_FILE]:
-        raise ArchiveDigestMismatch(f"{METADATA_FILE}: content does not match its manifest digest", METADATA_FILE)
     try:
         metadata = json.loads(metadata_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArchiveRejected(f"{METADATA_FILE} is not valid JSON: {exc}") from None
     check_metadata_paths(metadata)
+    if entry_digest(METADATA_FILE, metadata_bytes) != manifest["files"][METADATA_FILE]:
+        raise ArchiveDigestMismatch(f"{METADATA_FILE}: content does not match its manifest digest", METADATA_FILE)
     if (metadata.get("dc:identifier"), metadata.get("dc:version")) != (manifest["id"], manifest["version"]):
         raise ArchiveRejected(
             f"manifest says {manifest['id']}@{manifest['version']} but metadata says "
@@ -239,9 +229,9 @@ def _inspect(archive: zipfile.ZipFile, archive_size: int, limits: ArchiveLimits)
             raise ArchiveRejected(f"{SIGNATURE_NAME} is not valid JSON: {exc}") from None
         if not isinstance(signature, dict):
             raise ArchiveRejected(f"{SIGNATURE_NAME} must be a JSON object")
-    return ArchiveInfo(
-        manifest["id"], manifest["version"], dict(manifest["files"]), sha256_bytes(manifest_bytes), signature, metadata
-    )
+    files = dict(manifest["files"])
+    identity = identity_digest(manifest["id"], manifest["version"], files)
+    return ArchiveInfo(manifest["id"], manifest["version"], files, identity, signature, metadata)
 
 
 def _check_entries(
@@ -399,6 +389,10 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArchiveRejected(f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+    if isinstance(manifest, dict) and manifest.get("format") == "kgrid-archive/1":
+        raise ArchiveRejected(
+            f"{MANIFEST_NAME} is a kgrid-archive/1 manifest (an older kgrid); repack the KO folder with `kgrid pack`"
+        )
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveRejected(f"{MANIFEST_NAME} is not a {FORMAT} manifest")
     files = manifest.get("files")
@@ -438,7 +432,13 @@ def _extract_one(
         raise
     except (zipfile.BadZipFile, EOFError, ValueError, zlib.error) as exc:  # CRC, truncated or corrupt data
         raise ArchiveRejected(f"{info.filename}: corrupt entry: {exc}") from None
-    if hasher.hexdigest() != digest:
+    actual = hasher.hexdigest()
+    if info.filename == METADATA_FILE:  # recorded by content, without its lifecycle fields
+        try:
+            actual = entry_digest(METADATA_FILE, target.read_bytes())
+        except (UnicodeDecodeError, ValueError):
+            actual = ""
+    if actual != digest:
         raise ArchiveDigestMismatch(
             f"{info.filename}: content does not match its manifest digest (changed or corrupted)", info.filename
         )

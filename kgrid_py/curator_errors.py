@@ -12,6 +12,7 @@
         ├── IncompatibleChange        a breaking change without a new major version    422
         ├── VectorsFailed             the KO's own test vectors do not pass            422
         ├── LifecycleError            a status change that is not allowed              409
+        │   └── InvalidDate           a sunset or other date that is not ISO 8601      422
         ├── RemoteError               a remote shelf or activator failed or refused    502
         └── AuthError                 a publishing or admin credential problem
             ├── Unauthorized          no token, or one nobody issued                   401
@@ -36,6 +37,7 @@ __all__ = [
     "CurationError",
     "Forbidden",
     "IncompatibleChange",
+    "InvalidDate",
     "LifecycleError",
     "RemoteError",
     "SignatureMissing",
@@ -114,6 +116,12 @@ class LifecycleError(CurationError, ValueError):
     """Raised when a status change is not allowed (e.g. reviving a retired version)."""
 
     status_code = 409
+
+
+class InvalidDate(LifecycleError):
+    """Raised when a lifecycle date (a sunset) is not an ISO 8601 date or date-time."""
+
+    status_code = 422
 
 
 class RemoteError(CurationError):

@@ -4,6 +4,7 @@
     ├── InvalidKO          the KO folder or its metadata is malformed
     │   └── IntegrityError a file does not match the digest its metadata lists
     ├── NotFound           no KO, version, function or file answers a reference
+    ├── RetiredVersion     the version asked for is retired (``allow_retired=True`` to run it anyway)
     ├── InputError         a call's inputs are unusable; ``.errors`` has one entry per field
     ├── UnitMismatch       a UCUM unit cannot be parsed or converted (kgrid_py.units)
     ├── InvalidReference   a KO reference cannot be parsed (kgrid_py.shelf)
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FieldError", "InputError", "IntegrityError", "InvalidKO", "KgridError", "NotFound"]
+__all__ = ["FieldError", "InputError", "IntegrityError", "InvalidKO", "KgridError", "NotFound", "RetiredVersion"]
 
 
 class KgridError(Exception):
@@ -49,6 +50,19 @@ class NotFound(KgridError, LookupError):
         if self.available:
             text += f" (available: {', '.join(self.available)})"
         return text
+
+
+class RetiredVersion(KgridError, LookupError):
+    """Raised when loading a retired KO version without ``allow_retired=True``; names its successor."""
+
+    def __init__(self, ref: str, successor: str | None) -> None:
+        self.ref = ref
+        self.successor = successor
+        then = f"use its successor {successor}" if successor else "it names no successor"
+        super().__init__(
+            f"{ref} is retired and must not be used for care: {then} "
+            "(to run it anyway, e.g. to reproduce an old result, pass allow_retired=True or --allow-retired)"
+        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import ValidationError
 
-from kgrid_py.digest import canonical_json, sha256_bytes, sha256_file
+from kgrid_py.digest import folder_identity, sha256_file
 from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, NotFound
 from kgrid_py.inputs import MODEL_WARNING_FIELD, FunctionPlan, InputWarning
 from kgrid_py.metadata import FunctionSpec, KOMetadata, OutputSpec
@@ -101,15 +101,19 @@ class BatchResult(Mapping[str, np.ndarray]):
 class _Function:
     """A declared function bound to its ONNX session and compiled input plan."""
 
-    def __init__(self, spec: FunctionSpec, session: ModelSession, provenance: Provenance) -> None:
+    def __init__(
+        self, spec: FunctionSpec, session: ModelSession, provenance: Provenance, notices: tuple[str, ...] = ()
+    ) -> None:
         self.spec = spec
         self.session = session
         self.plan = FunctionPlan(spec, session.input_dtypes)
         self.outputs: list[OutputSpec] = list(spec.outputs)
         self.output_graph_names = list(dict.fromkeys(o.graph_name for o in self.outputs))
         self.provenance = provenance
-        # Built once: every result of this function carries these (e.g. "synthetic data only").
-        self.result_warnings = [InputWarning(MODEL_WARNING_FIELD, text) for text in spec.result_warnings]
+        # Built once: every result of this function carries these (e.g. "synthetic data only", or
+        # that the version is deprecated).
+        texts = (*spec.result_warnings, *notices)
+        self.result_warnings = [InputWarning(MODEL_WARNING_FIELD, text) for text in texts]
         self.result_warning_texts = tuple(str(w) for w in self.result_warnings)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -122,33 +126,50 @@ class KnowledgeObject:
     """One version of a KO, loaded from a folder and verified; call its functions like code."""
 
     def __init__(
-        self, path: Path, metadata: KOMetadata, raw: dict[str, Any], settings: RuntimeSettings | None = None
+        self,
+        path: Path,
+        metadata: KOMetadata,
+        raw: dict[str, Any],
+        settings: RuntimeSettings | None = None,
+        *,
+        sunset: str | None = None,
     ) -> None:
         self.path = path
         self.metadata = metadata
         self.raw_metadata = raw
-        self.content_digest = sha256_bytes(canonical_json(raw))
-        self._functions: dict[str, _Function] = {}
         digests = {f.path: f.sha256 for f in metadata.files}
+        # The one identity (kgrid_py.digest): equal to the signed manifest, blind to status changes.
+        self.content_digest = folder_identity(path, raw, known=digests)
+        self._functions: dict[str, _Function] = {}
+        self.deprecation = deprecation_notice(metadata, sunset)
+        notices = (self.deprecation,) if self.deprecation else ()
         for spec in metadata.functions:
             session = get_session(path / spec.model, digests[spec.model], settings)
             _check_graph(spec, session)
             provenance = Provenance(
                 metadata.identifier, metadata.version, self.content_digest, digests[spec.model], spec.name
             )
-            self._functions[spec.name] = _Function(spec, session, provenance)
+            self._functions[spec.name] = _Function(spec, session, provenance, notices)
 
     # -- loading -------------------------------------------------------------------------------
 
     @classmethod
     def from_path(
-        cls, path: str | Path, *, verify_vectors: bool = False, settings: RuntimeSettings | None = None
+        cls,
+        path: str | Path,
+        *,
+        verify_vectors: bool = False,
+        settings: RuntimeSettings | None = None,
+        sunset: str | None = None,
     ) -> KnowledgeObject:
-        """Load a KO folder: schema, digests of every listed file, graph names; optionally its vectors."""
+        """Load a KO folder: schema, digests of every listed file, graph names; optionally its vectors.
+
+        ``sunset`` (from the shelf's lifecycle record) goes into a deprecated version's result warning.
+        """
         path = Path(path)
         raw, metadata = read_metadata(path)
         verify_files(path, metadata)
-        ko = cls(path, metadata, raw, settings)
+        ko = cls(path, metadata, raw, settings, sunset=sunset)
         if verify_vectors:
             failed = [o for o in ko.test() if not o.passed]
             if failed:
@@ -231,6 +252,18 @@ class KnowledgeObject:
         if self.metadata.tests is None:
             return []
         return run_vectors(self, load_vectors(self.path / self.metadata.tests))
+
+
+def deprecation_notice(metadata: KOMetadata, sunset: str | None = None) -> str | None:
+    """The warning every result of a deprecated version carries (naming successor and sunset), else None."""
+    if metadata.status != "deprecated":
+        return None
+    text = f"{metadata.identifier}@{metadata.version} is deprecated"
+    if metadata.successor:
+        text += f"; use its successor {metadata.successor}"
+    if sunset:
+        text += f"; sunset {sunset}, after which it may be retired"
+    return text
 
 
 def read_metadata(path: Path) -> tuple[dict[str, Any], KOMetadata]:

@@ -5,6 +5,11 @@ read them from there; ``metadata.json`` is not among the digested files, so the 
 integrity is untouched). Dates the metadata has no field for live in
 ``<shelf>/.kgrid/lifecycle/<id>/<version>.json``: when it was deprecated and its sunset date.
 
+Dates are stored in UTC: a date (``2027-06-30``, a UTC day) or a date-time converted to UTC and
+written with ``Z`` (``2027-06-30T00:00:00+02:00`` is stored as ``2027-06-29T22:00:00Z``); anything
+else is refused with :class:`~kgrid_py.curator_errors.InvalidDate` (HTTP 422). Records written by
+older versions with an offset are still read safely.
+
 Allowed changes: draft -> active | retired; active -> deprecated | retired;
 deprecated -> active | retired. Retired is final: a retired version never serves again.
 Deprecated versions keep serving (with ``Deprecation`` and ``Sunset`` headers, see
@@ -13,20 +18,28 @@ Deprecated versions keep serving (with ``Deprecation`` and ``Sunset`` headers, s
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
 
-from kgrid_py.audit import append_audit, audit_path, shelf_lock, state_dir, utc_now, write_json
-from kgrid_py.curator_errors import LifecycleError
+from kgrid_py.audit import (
+    append_audit,
+    audit_path,
+    lifecycle_record,
+    recover,
+    shelf_lock,
+    state_dir,
+    utc_now,
+    write_json,
+)
+from kgrid_py.curator_errors import InvalidDate, LifecycleError
+from kgrid_py.digest import folder_identity
 from kgrid_py.errors import NotFound
-from kgrid_py.publish import content_identity, set_lifecycle_fields
+from kgrid_py.publish import set_lifecycle_fields
 from kgrid_py.shelf import Reference, Shelf, ShelfEntry, resolve_among
 
-__all__ = ["SETTABLE", "TRANSITIONS", "LifecycleInfo", "StatusChange", "lifecycle_info", "set_status"]
+__all__ = ["SETTABLE", "TRANSITIONS", "LifecycleInfo", "StatusChange", "lifecycle_info", "normalise_time", "set_status"]
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "draft": frozenset({"active", "retired"}),
@@ -105,7 +118,7 @@ def set_status(
         previous=change.previous,
         status=change.status,
         successor=change.successor,
-        digest=content_identity(entry.path),
+        digest=folder_identity(entry.path),
         outcome="changed" if change.changed else "unchanged",
     )
     return change
@@ -115,8 +128,9 @@ def _set_locked(shelf: Path, ref: str, status: str, successor: str | None, sunse
     if status not in SETTABLE:
         raise LifecycleError(f"status must be one of {list(SETTABLE)}, not {status!r}")
     if sunset is not None:
-        _parse_time(sunset)
+        sunset = normalise_time(sunset)
     with shelf_lock(shelf):
+        recover(shelf, locked=True)
         entry = _entry(shelf, ref)
         exact = f"{entry.ko_id}@{entry.version}"
         if successor is not None:
@@ -129,7 +143,7 @@ def _set_locked(shelf: Path, ref: str, status: str, successor: str | None, sunse
         fields = {"status": status} if successor is None else {"status": status, "successor": successor}
         raw = set_lifecycle_fields(entry.path, **fields)
         record_path = _record_path(shelf, entry.ko_id, entry.version)
-        record = _read_record(record_path)
+        record = lifecycle_record(shelf, entry.ko_id, entry.version)
         if status == "deprecated" and previous != "deprecated":
             record["deprecated_at"] = utc_now()
         if status == "active":
@@ -145,7 +159,7 @@ def _set_locked(shelf: Path, ref: str, status: str, successor: str | None, sunse
 def lifecycle_info(shelf: Path, ko_id: str, version: str) -> LifecycleInfo:
     """Status, successor and dates of one version (for the activator's headers and 410 bodies)."""
     entry = _entry(shelf, f"{ko_id}@{version}")
-    record = _read_record(_record_path(Path(shelf), ko_id, version))
+    record = lifecycle_record(Path(shelf), ko_id, version)
     return LifecycleInfo(entry.status, entry.successor, record.get("deprecated_at"), record.get("sunset"))
 
 
@@ -172,16 +186,34 @@ def _record_path(shelf: Path, ko_id: str, version: str) -> Path:
     return state_dir(shelf) / "lifecycle" / ko_id / f"{version}.json"
 
 
-def _read_record(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+def normalise_time(text: str) -> str:
+    """A date or date-time as stored: ``YYYY-MM-DD`` (a UTC day) or ``YYYY-MM-DDTHH:MM:SSZ`` in UTC.
+
+    Raises :class:`InvalidDate` for anything else, naming the forms accepted.
+    """
+    if not isinstance(text, str) or len(text) > 64:
+        raise InvalidDate(f"{str(text)[:64]!r} is not an ISO date (YYYY-MM-DD) or date-time")
+    moment = _parse_time(text)
+    if _is_date(text):
+        return text
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _is_date(text: str) -> bool:
+    return len(text) == 10 and text[4] == "-" and text[7] == "-"
 
 
 def _parse_time(text: str) -> datetime:
+    """A date or date-time as an aware UTC datetime; :class:`InvalidDate` when it is neither."""
+    if not isinstance(text, str):
+        raise InvalidDate(f"{text!r} is not an ISO date (YYYY-MM-DD) or date-time")
     try:
-        if len(text) == 10:
+        if _is_date(text):
             day = date.fromisoformat(text)
             return datetime(day.year, day.month, day.day, tzinfo=UTC)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise LifecycleError(f"{text!r} is not an ISO date (YYYY-MM-DD) or date-time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError, TypeError):
+        raise InvalidDate(
+            f"{text[:64]!r} is not an ISO date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM:SS, with Z or an offset)"
+        ) from None

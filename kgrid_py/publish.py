@@ -17,10 +17,18 @@ In order, it refuses (raising the error in brackets; HTTP status for the activat
    a new major version                                     [IncompatibleChange]     422
 7. no test vectors, or any of them failing                 [VectorsFailed]          422
 
+Before 5, a version that differs from one on the shelf only in semver build metadata
+(``1.0.0+anything`` beside ``1.0.0``) is refused as a VersionConflict (409): build metadata
+has no precedence, so it would dodge both immutability and the breaking-change check. A KO id
+that names one of the activator's own routes (``metrics``, ``kos``, ...) is refused at 2.
+
 A new version answers 201. Unpacking happens in ``<shelf>/.kgrid/staging/`` and the finished
 folder is renamed to ``<shelf>/<id>/<version>``, so a refusal leaves the shelf exactly as it was
 and nothing half-written is ever visible. A ``draft`` KO becomes ``active`` on publication
-(``PublishPolicy.activate``). Every attempt, refused or not, is appended to the audit log.
+(``PublishPolicy.activate``). Every attempt, refused or not, is appended to the audit log; the
+``published`` entry is journalled durably before the rename, so a process killed at any point
+leaves either nothing visible or a visible version whose entry :func:`kgrid_py.audit.recover`
+writes at the next open of the shelf (see :mod:`kgrid_py.audit`).
 """
 
 from __future__ import annotations
@@ -35,11 +43,23 @@ from typing import Any
 
 import semantic_version
 
-from kgrid_py.archive import ArchiveInfo, ArchiveLimits, check_model_references, collect_files, extract, inspect
-from kgrid_py.audit import append_audit, audit_path, shelf_lock, state_dir, write_json
+from kgrid_py.archive import ArchiveInfo, ArchiveLimits, check_model_references, extract, inspect
+from kgrid_py.audit import (
+    append_audit,
+    audit_path,
+    complete_pending,
+    crash_point,
+    fsync_dir,
+    read_audit,
+    recover,
+    shelf_lock,
+    state_dir,
+    write_json,
+    write_pending,
+)
 from kgrid_py.compat import check_version
 from kgrid_py.curator_errors import ArchiveTooLarge, CurationError, VectorsFailed, VersionConflict, http_status
-from kgrid_py.digest import canonical_json, sha256_bytes, sha256_file
+from kgrid_py.digest import LIFECYCLE_FIELDS, folder_identity, sha256_bytes
 from kgrid_py.errors import KgridError
 from kgrid_py.ko import METADATA_FILE, KnowledgeObject, read_metadata, verify_files
 from kgrid_py.metadata import KOMetadata
@@ -48,7 +68,7 @@ from kgrid_py.signing import load_trust_dir, verify_signature
 
 __all__ = ["PublishOutcome", "PublishPolicy", "content_identity", "http_status", "publish_archive"]
 
-MUTABLE_FIELDS = ("status", "successor")
+MUTABLE_FIELDS = LIFECYCLE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -120,7 +140,8 @@ def publish_archive(
         info = inspect(data, policy.limits)
         signer = _check_signature(info, policy)
         with shelf_lock(shelf):
-            outcome = _publish_locked(data, info, shelf, policy, signer)
+            recover(shelf, locked=True)
+            outcome = _publish_locked(data, info, shelf, policy, signer, actor, log, archive_digest)
     except KgridError as exc:
         append_audit(
             log,
@@ -134,17 +155,6 @@ def publish_archive(
             http_status=http_status(exc),
         )
         raise
-    append_audit(
-        log,
-        actor=actor,
-        action="publish",
-        outcome="published" if outcome.changed else "unchanged",
-        ref=outcome.ref,
-        digest=outcome.digest,
-        archive_sha256=archive_digest,
-        signer=outcome.signer,
-        status=outcome.status,
-    )
     return outcome
 
 
@@ -157,12 +167,29 @@ def _check_signature(info: ArchiveInfo, policy: PublishPolicy) -> str | None:
 
 
 def _publish_locked(
-    data: bytes, info: ArchiveInfo, shelf: Path, policy: PublishPolicy, signer: str | None
+    data: bytes,
+    info: ArchiveInfo,
+    shelf: Path,
+    policy: PublishPolicy,
+    signer: str | None,
+    actor: str,
+    log: Path,
+    archive_digest: str,
 ) -> PublishOutcome:
     staging = state_dir(shelf) / "staging" / secrets.token_hex(8)
     staging.parent.mkdir(parents=True, exist_ok=True)
+    audit = {
+        "actor": actor,
+        "action": "publish",
+        "ref": info.ref,
+        "digest": info.manifest_digest,
+        "archive_sha256": archive_digest,
+        "signer": signer,
+    }
+    record = {"ref": info.ref, "manifest_sha256": info.manifest_digest, "signer": signer, "signature": info.signature}
     try:
         extract(data, staging, policy.limits)
+        crash_point("extracted")
         raw, metadata = read_metadata(staging)
         verify_files(staging, metadata)
         check_model_references(staging, raw)
@@ -171,14 +198,16 @@ def _publish_locked(
         existing = next((e for e in versions if e.semver == wanted), None)
         target = shelf / info.ko_id / info.version
         if existing is not None:
-            if content_identity(existing.path) != content_identity(staging):
+            if folder_identity(existing.path) != folder_identity(staging):
                 raise VersionConflict(
                     f"{info.ref} is already published with different content; versions are immutable: "
                     "publish a new version instead"
                 )
+            _repair_or_note(shelf, info, existing, record, {**audit, "status": existing.status}, log)
             return PublishOutcome(
                 info.ko_id, info.version, info.manifest_digest, existing.path, False, existing.status, signer
             )
+        _refuse_build_variant(info.ref, wanted, versions)
         if target.exists():
             raise VersionConflict(f"{target} exists but is not a readable KO; remove it by hand first")
         changes = _check_compat(versions, wanted, metadata) if policy.check_compatibility else []
@@ -186,18 +215,61 @@ def _publish_locked(
         status = metadata.status
         if policy.activate and status == "draft":
             status = set_lifecycle_fields(staging, status="active")["status"]
+        crash_point("checked")
+        audit.update(outcome="published", status=status)
+        pending = write_pending(shelf, info.ko_id, info.version, info.manifest_digest, record, audit, log)
+        crash_point("journalled")
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staging, target)
-        write_json(
-            state_dir(shelf) / "records" / info.ko_id / f"{info.version}.json",
-            {"ref": info.ref, "manifest_sha256": info.manifest_digest, "signer": signer, "signature": info.signature},
-        )
+        fsync_dir(target.parent)
+        crash_point("renamed")
+        complete_pending(shelf, pending)
         return PublishOutcome(
             info.ko_id, info.version, info.manifest_digest, target, True, status, signer, changes, passed
         )
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_build_variant(ref: str, wanted: semantic_version.Version, versions: list[ShelfEntry]) -> None:
+    """Refuse a version equal to one on the shelf but for build metadata (``1.0.0+x`` beside ``1.0.0``).
+
+    Semver gives build metadata no precedence, so such a pair could be neither ordered nor told
+    apart by a range: it would slip past immutability and the breaking-change check.
+    """
+    core = _precedence(wanted)
+    clash = next((e for e in versions if _precedence(e.semver) == core), None)
+    if clash is not None:
+        raise VersionConflict(
+            f"{ref} differs from the published {clash.ko_id}@{clash.version} only in build metadata, which "
+            "semantic versioning ignores; publish a new version number instead"
+        )
+
+
+def _precedence(version: semantic_version.Version) -> tuple[object, ...]:
+    return (version.major, version.minor, version.patch, tuple(version.prerelease))
+
+
+def _repair_or_note(
+    shelf: Path, info: ArchiveInfo, existing: ShelfEntry, record: dict[str, Any], audit: dict[str, Any], log: Path
+) -> None:
+    """Identical content again: log ``unchanged``, or repair a version published without its record.
+
+    A shelf written by an older kgrid, killed mid-publication, may serve a version with no signer
+    record or no ``published`` entry; republishing the identical archive restores both.
+    """
+    record_file = state_dir(shelf) / "records" / info.ko_id / f"{info.version}.json"
+    logged = any(
+        r.get("action") == "publish" and r.get("outcome") == "published" and r.get("ref") == info.ref
+        for r in read_audit(log, strict=False)
+    )
+    if record_file.exists() and logged:
+        append_audit(log, **audit, outcome="unchanged")
+        return
+    if not record_file.exists():
+        write_json(record_file, record)
+    append_audit(log, **audit, outcome="published", repaired=True)
 
 
 def _check_compat(versions: list[ShelfEntry], wanted: semantic_version.Version, metadata: KOMetadata) -> list[str]:
@@ -232,17 +304,8 @@ def set_lifecycle_fields(ko_dir: Path, **fields: str) -> dict[str, Any]:
 
 
 def content_identity(ko_dir: Path) -> str:
-    """A digest of a KO folder's content that ignores its lifecycle fields (status, successor).
+    """The identity digest of a KO folder (:func:`kgrid_py.digest.folder_identity`).
 
     Two folders with equal identities hold the same KO version: re-publishing it is a no-op.
     """
-    files: dict[str, str] = {}
-    for name, path in collect_files(ko_dir):
-        if name == METADATA_FILE:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            for key in MUTABLE_FIELDS:
-                raw.pop(key, None)
-            files[name] = sha256_bytes(canonical_json(raw))
-        else:
-            files[name] = sha256_file(path)
-    return sha256_bytes(canonical_json(files))
+    return folder_identity(ko_dir)

@@ -3,26 +3,59 @@
 A reference is ``id`` (the highest active version), ``id@RANGE`` with an npm-style semver range
 (``kfre@1``, ``kfre@^1.2``, ``kfre@>=1.0.0 <2``), ``id@X.Y.Z`` (exactly that version), or a path
 to a KO folder. Versions compare as semantic versions, never as strings: 1.10.0 > 1.9.0.
+
+Lifecycle: a reference without an exact version never resolves to a retired version (nor to a
+draft). Loading a retired version, even by exact pin or path, raises
+:class:`~kgrid_py.errors.RetiredVersion` naming its successor unless ``allow_retired=True``;
+loading a deprecated one issues a :class:`DeprecationWarning`, and each of its results carries a
+warning naming the successor and the sunset date.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import semantic_version
 
-from kgrid_py.errors import KgridError, NotFound
+from kgrid_py.audit import lifecycle_record, recover
+from kgrid_py.errors import KgridError, NotFound, RetiredVersion
 from kgrid_py.ko import METADATA_FILE, KnowledgeObject
 from kgrid_py.metadata import KO_ID_PATTERN
 
-__all__ = ["DEFAULT_SHELF", "Reference", "Shelf", "ShelfEntry", "default_shelf_path", "load"]
+__all__ = [
+    "DEFAULT_SHELF",
+    "RESERVED_IDS",
+    "Reference",
+    "Shelf",
+    "ShelfEntry",
+    "default_shelf_path",
+    "load",
+    "reserved_id_problem",
+]
 
 DEFAULT_SHELF = "knowledge_objects"
 SERVABLE = ("active", "deprecated")
+RESERVED_IDS = frozenset(
+    {"admin", "cds-services", "docs", "endpoints", "health", "kos", "metrics", "ready", "static", "ui", "v2"}
+)
+"""KO ids refused at publication: the activator's own top-level routes (``/metrics``, ``/kos``, ...)
+would shadow or be shadowed by ``/{id}/{version}/{endpoint}``."""
+
+log = logging.getLogger("kgrid_py")
+
+
+def reserved_id_problem(ko_id: str) -> str | None:
+    """Why ``ko_id`` cannot be a KO id on a served shelf, or None when it can."""
+    if ko_id in RESERVED_IDS:
+        return f"KO id {ko_id!r} is reserved: it is one of the activator's own routes (/{ko_id}); choose another id"
+    return None
 
 
 def default_shelf_path() -> Path:
@@ -93,6 +126,10 @@ class Shelf:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        try:  # finish a publication a killed process left half-recorded (kgrid_py.audit.recover)
+            recover(self.root)
+        except OSError as exc:  # a read-only shelf: serve it as it is
+            log.warning("%s: could not recover interrupted publications: %s", self.root, exc)
 
     def scan(self) -> tuple[list[ShelfEntry], list[BrokenEntry]]:
         """Every KO version on the shelf, sorted by id then semantic version, and the broken ones."""
@@ -132,8 +169,31 @@ class Shelf:
         entries = self.entries()
         return resolve_among(entries, reference)
 
-    def load(self, ref: str | Reference, **options: object) -> KnowledgeObject:
-        return KnowledgeObject.from_path(self.resolve(ref).path, **options)  # type: ignore[arg-type]
+    def load(self, ref: str | Reference, *, allow_retired: bool = False, **options: Any) -> KnowledgeObject:
+        """Load what ``ref`` names; a retired version only with ``allow_retired`` (see the module docstring)."""
+        entry = self.resolve(ref)
+        return _load_checked(entry.path, self.root, allow_retired, options, stacklevel=3)
+
+
+def _load_checked(
+    path: Path, shelf: Path | None, allow_retired: bool, options: dict[str, Any], stacklevel: int
+) -> KnowledgeObject:
+    """Load a KO folder, refusing a retired version and warning about a deprecated one."""
+    try:
+        raw = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
+        status, successor = raw.get("status"), raw.get("successor")
+        ref = f"{raw.get('dc:identifier')}@{raw.get('dc:version')}"
+    except (OSError, ValueError, AttributeError):
+        status = None  # from_path reports what is wrong with it
+    if status == "retired" and not allow_retired:
+        raise RetiredVersion(ref, successor)
+    sunset = None
+    if status == "deprecated" and shelf is not None:
+        sunset = lifecycle_record(shelf, str(raw.get("dc:identifier")), str(raw.get("dc:version"))).get("sunset")
+    ko = KnowledgeObject.from_path(path, sunset=sunset, **options)
+    if ko.deprecation:
+        warnings.warn(ko.deprecation, DeprecationWarning, stacklevel=stacklevel)
+    return ko
 
 
 def resolve_among(entries: list[ShelfEntry], reference: Reference) -> ShelfEntry:
@@ -159,23 +219,34 @@ def resolve_among(entries: list[ShelfEntry], reference: Reference) -> ShelfEntry
 
 
 def load(
-    ref: str | os.PathLike[str], shelf: str | os.PathLike[str] | None = None, *, verify_vectors: bool = False
+    ref: str | os.PathLike[str],
+    shelf: str | os.PathLike[str] | None = None,
+    *,
+    verify_vectors: bool = False,
+    allow_retired: bool = False,
 ) -> KnowledgeObject:
     """Load a KO by reference (``kfre``, ``kfre@1``, ``kfre@^1.2``, ``kfre@1.0.0``) or by path.
 
     The shelf is ``shelf``, else ``$KGRID_SHELF``, else ``./knowledge_objects``. A shelf that is
     an ``http(s)://`` KGrid manifest URL is synced first (:func:`kgrid_py.remote.sync`: download,
     verify, publish) into ``$KGRID_CACHE``, else ``~/.cache/kgrid-py``, and loaded from there.
+
+    Raises :class:`~kgrid_py.errors.RetiredVersion` for a retired version unless ``allow_retired``
+    (a reference without an exact version never picks one); warns (``DeprecationWarning``) for a
+    deprecated one, whose results then carry a warning naming its successor and sunset.
     """
     text = os.fspath(ref)
     candidate = Path(text)
+    options: dict[str, Any] = {"verify_vectors": verify_vectors}
     if ("/" in text or os.sep in text or text.startswith(".")) and (candidate / METADATA_FILE).exists():
-        return KnowledgeObject.from_path(candidate, verify_vectors=verify_vectors)
+        return _load_checked(candidate, None, allow_retired, options, stacklevel=3)
     where = os.fspath(shelf) if shelf is not None else os.environ.get("KGRID_SHELF", DEFAULT_SHELF)
     if where.startswith(("http://", "https://")):
         from kgrid_py.remote import sync  # remote imports this module
 
         cache = Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
-        return Shelf(sync(where, cache).shelf).load(text, verify_vectors=verify_vectors)
-    root = Path(where)
-    return Shelf(root).load(text, verify_vectors=verify_vectors)
+        root = sync(where, cache).shelf
+    else:
+        root = Path(where)
+    shelf_ = Shelf(root)
+    return _load_checked(shelf_.resolve(text).path, shelf_.root, allow_retired, options, stacklevel=3)
