@@ -6,13 +6,19 @@ numpy array. NIfTI and full-size arrays must be in MNI152 space at 2 mm (99x117x
 box and resampled trilinearly onto the model's 32x40x32 grid. Arrays already on that grid pass
 through. Only numpy and nibabel are needed: the geometry is stored here as constants (the
 training code derives the same numbers from nilearn's brain mask and a test checks they agree).
+
+Files come from callers, so nothing is inflated or allocated beyond the largest volume accepted:
+gzip is decompressed with an output limit (:data:`MAX_FILE_BYTES`, a 1 mm MNI volume of float64
+plus headers), a NIfTI header's shape is checked before its data is read, and a ``.npy``
+header's shape and dtype are checked before numpy allocates the array.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
+import math
 import os
+import zlib
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -23,6 +29,7 @@ from kgrid_py.errors import FieldError, InputError
 __all__ = [
     "CROP_BOX",
     "GRID_SHAPE",
+    "MAX_FILE_BYTES",
     "MNI_AFFINES",
     "MNI_SHAPES",
     "grid_coordinates",
@@ -53,6 +60,12 @@ MNI_AFFINES: dict[int, np.ndarray] = {
     for mm in MNI_SHAPES
 }
 """Voxel-to-mm affine of the MNI152 grid at each resolution (both grids share their origin)."""
+
+_MAX_ITEMSIZE = 8  # float64, the widest voxel type accepted
+_MAX_HEADER_BYTES = 64 * 1024  # NIfTI header and extensions, or a .npy header
+MAX_FILE_BYTES: int = max(math.prod(s) for s in MNI_SHAPES.values()) * _MAX_ITEMSIZE + _MAX_HEADER_BYTES
+"""The largest volume file accepted, uncompressed (about 66 MiB): a gzip member inflating past
+it is refused as soon as it does, before the rest is inflated."""
 
 _AFFINE_TOL_MM = 0.1
 # A brain fills ~40 % of the crop box; ask for a few percent above background so that a blank,
@@ -130,28 +143,75 @@ def _fail(message: str) -> NoReturn:
 
 def _read_path(path: Path) -> np.ndarray:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         _fail(f"cannot read {path.name!r}: {exc.strerror or exc}")
+    if len(data) > MAX_FILE_BYTES:
+        _fail(f"{path.name!r} is larger than the largest volume accepted ({MAX_FILE_BYTES} bytes)")
     return _read_bytes(data)
 
 
 def _read_bytes(data: bytes) -> np.ndarray:
     if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
-            _fail(f"corrupt gzip data: {exc}")
+        data = _gunzip(data, MAX_FILE_BYTES)
+    elif len(data) > MAX_FILE_BYTES:
+        _fail(f"the file is larger than the largest volume accepted ({MAX_FILE_BYTES} bytes)")
     if data[:6] == b"\x93NUMPY":
-        try:
-            array = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
-            _fail(f"unreadable .npy data: {exc}")
-        return _from_array(array)
+        return _from_array(_load_npy(data))
     header_size = _nifti_header_size(data)
     if header_size is not None:
         return _from_nifti(data, header_size)
     _fail("not a NIfTI (.nii/.nii.gz) or .npy file; a 2D picture (PNG, JPEG) cannot be used")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Inflate every gzip member of ``data``, refusing as soon as the output passes ``limit`` bytes.
+
+    ``gzip.decompress`` inflates everything first: a 1 MB bomb became 1 GB in memory.
+    """
+    out = bytearray()
+    pending = data
+    while pending:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip framing
+        try:
+            while True:
+                out += inflater.decompress(pending, limit + 1 - len(out))
+                if len(out) > limit:
+                    _fail(f"the gzip data inflates to more than the largest volume accepted ({limit} bytes)")
+                pending = inflater.unconsumed_tail
+                if inflater.eof or not pending:
+                    break
+        except zlib.error as exc:
+            _fail(f"corrupt gzip data: {exc}")
+        if not inflater.eof:
+            _fail("corrupt gzip data: the stream is truncated")
+        pending = inflater.unused_data
+        if not pending.strip(b"\0"):  # trailing zero padding, as gzip tolerates
+            break
+    return bytes(out)
+
+
+def _load_npy(data: bytes) -> np.ndarray:
+    """Read a ``.npy`` file, checking the header's dtype and shape before anything is allocated."""
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_2_0 if version >= (2, 0) else np.lib.format.read_array_header_1_0
+        shape, _, dtype = read_header(stream, max_header_size=_MAX_HEADER_BYTES)
+    except ValueError as exc:
+        _fail(f"unreadable .npy data: {exc}")
+    if dtype.kind not in "biuf" or dtype.itemsize > _MAX_ITEMSIZE:
+        _fail(f"expected a numeric array of at most {_MAX_ITEMSIZE}-byte values, got dtype {dtype}")
+    size = math.prod(shape) * dtype.itemsize
+    if len(shape) > 5 or size > MAX_FILE_BYTES - _MAX_HEADER_BYTES:
+        _fail(f"the .npy header declares shape {list(shape)[:6]}, larger than any volume accepted")
+    if len(data) - stream.tell() < size:
+        _fail(f"the .npy data is shorter than its header's shape {list(shape)} declares")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        _fail(f"unreadable .npy data: {exc}")
 
 
 def _nifti_header_size(data: bytes) -> int | None:
@@ -171,6 +231,16 @@ def _from_nifti(data: bytes, header_size: int) -> np.ndarray:
     try:
         image_class = nib.Nifti2Image if header_size == 540 else nib.Nifti1Image
         image = image_class.from_bytes(data)
+        shape = tuple(int(n) for n in image.header.get_data_shape())
+    except Exception as exc:  # nibabel raises many types for a corrupt header or payload
+        _fail(f"unreadable NIfTI data: {exc}")
+    # The header's shape, before reading the data: nibabel would allocate whatever it declares.
+    spatial = shape[:3] if len(shape) == 3 or (len(shape) == 4 and shape[3] == 1) else None
+    if spatial is not None and spatial not in MNI_SHAPES.values() and spatial[2] != 1:
+        _mni_resolution(spatial)
+    if math.prod(shape) > max(math.prod(s) for s in MNI_SHAPES.values()):
+        _fail(f"the NIfTI header declares shape {list(shape)[:8]}, larger than any volume accepted")
+    try:
         array = np.asanyarray(image.dataobj, dtype=np.float64)
     except Exception as exc:  # nibabel raises many types for a corrupt header or payload
         _fail(f"unreadable NIfTI data: {exc}")

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from activator_server import Server
+from bombs import nifti_gzip_bomb
 from demo_ko import write_demo_ko
 from tritonclient.utils import InferenceServerException
 
@@ -175,3 +176,25 @@ def test_oip_refuses_a_blank_volume_and_a_wrong_shape(triton_client: triton.Infe
     flat.set_data_from_numpy(GRID[0][0][np.newaxis])
     with pytest.raises(InferenceServerException, match="expected"):
         triton_client.infer(MODEL, [flat])
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
+def test_gzip_bomb_is_a_422_and_the_server_stays_small(server: Server, http: httpx.Client) -> None:
+    """1 MB inflating to 1 GiB: it once took the server to 2.3 GB peak RSS."""
+    bomb = nifti_gzip_bomb()
+    for response in (
+        http.post(V1, content=bomb, headers={"Content-Type": "application/gzip"}),
+        http.post(V2, json={"image": {"base64": base64.b64encode(bomb).decode()}}),
+    ):
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith(PROBLEM)
+        assert "inflates to more than the largest volume accepted" in response.json()["errors"][0]["message"]
+    assert http.get("/health").status_code == 200
+    assert _peak_rss_bytes(server.process.pid) < 1 << 30

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import gzip
 import io
+import struct
+import time
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from bombs import nifti_gzip_bomb
 
 from kgrid_py.errors import InputError
 from kgrid_py.imaging import (
     CROP_BOX,
     GRID_SHAPE,
+    MAX_FILE_BYTES,
     MNI_AFFINES,
     MNI_SHAPES,
     prepare_volume,
@@ -176,3 +182,81 @@ def test_nifti_refusals(grid_volume: np.ndarray, tmp_path: Path) -> None:
     _assert_refused(tmp_path / "missing.nii.gz", "cannot read")
     truncated = _nifti_bytes(painted, MNI_AFFINES[2])[:5000]
     _assert_refused(truncated, "unreadable NIfTI")
+
+
+# -- hostile files (issue 12): nothing is inflated or allocated past the largest volume --------
+
+
+def _peak_bytes(action: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        action()
+    except InputError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+@pytest.fixture(scope="module")
+def nifti_bomb() -> bytes:
+    bomb = nifti_gzip_bomb()
+    assert len(bomb) < 1_100_000
+    assert struct.unpack("<I", bomb[-4:])[0] > 1 << 30  # ISIZE: what it claims to inflate to
+    return bomb
+
+
+def test_gzip_bomb_is_refused_without_inflating_it(nifti_bomb: bytes) -> None:
+    start = time.perf_counter()
+    peak = _peak_bytes(lambda: prepare_volume(nifti_bomb))
+    elapsed = time.perf_counter() - start
+    _assert_refused(nifti_bomb, f"inflates to more than the largest volume accepted ({MAX_FILE_BYTES} bytes)")
+    assert peak < 3 * MAX_FILE_BYTES  # gzip.decompress held the whole GiB
+    assert elapsed < 5
+
+
+def test_gzip_within_the_limit_still_reads(grid_volume: np.ndarray) -> None:
+    """Two gzip members (as `cat a.gz b.gz` makes) and trailing zero padding, as gzip accepts."""
+    data = _nifti_bytes(_painted(grid_volume, 2), MNI_AFFINES[2])
+    members = gzip.compress(data[:1000]) + gzip.compress(data[1000:]) + b"\0" * 16
+    np.testing.assert_array_equal(prepare_volume(members), prepare_volume(data))
+    _assert_refused(gzip.compress(data)[:-30], "truncated")
+
+
+def _npy_with_header(shape: tuple[int, ...], dtype: str = "<f8", payload: bytes = b"") -> bytes:
+    stream = io.BytesIO()
+    np.lib.format.write_array_header_1_0(stream, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return stream.getvalue() + payload
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        pytest.param(_npy_with_header((4000, 4000, 1000)), "declares shape [4000, 4000, 1000]", id="128-GB"),
+        pytest.param(_npy_with_header((2**62, 2)), "larger than any volume accepted", id="overflowing"),
+        pytest.param(_npy_with_header((1, 1, 1, 1, 1, 1, 32, 40, 32)), "larger than any volume", id="9-dims"),
+        pytest.param(_npy_with_header((32, 40, 32), "|O"), "numeric array", id="objects"),
+        pytest.param(_npy_with_header((32, 40, 32), "<c16"), "numeric array", id="complex"),
+        pytest.param(_npy_with_header(GRID_SHAPE, "<f4", bytes(100)), "shorter than its header", id="truncated"),
+    ],
+)
+def test_forged_npy_header_is_refused_before_allocating(data: bytes, fragment: str) -> None:
+    assert _peak_bytes(lambda: prepare_volume(data)) < 10 * 1024 * 1024
+    _assert_refused(data, fragment)
+    _assert_refused(gzip.compress(data), fragment)
+
+
+def test_forged_nifti_shape_is_refused_before_reading(grid_volume: np.ndarray) -> None:
+    image = nib.Nifti1Image(np.zeros((1, 1, 1), np.float32), MNI_AFFINES[2])
+    image.header.set_data_shape((2000, 2000, 2000))
+    data = image.header.binaryblock + b"\0" * 4 + bytes(1000)
+    assert _peak_bytes(lambda: prepare_volume(data)) < 10 * 1024 * 1024
+    _assert_refused(data, "not an MNI152 grid")
+
+
+def test_oversized_file_path_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.nii"
+    with path.open("wb") as file:
+        file.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
+    _assert_refused(path, "larger than the largest volume accepted")
