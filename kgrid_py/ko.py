@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import ValidationError
 
+from kgrid_py.columns import CallerTerms, resolve_columns
 from kgrid_py.digest import folder_identity, sha256_file
 from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, NotFound
 from kgrid_py.inputs import MODEL_WARNING_FIELD, FunctionPlan, InputWarning
@@ -67,13 +68,15 @@ class BatchResult(Mapping[str, np.ndarray]):
     """Outputs for a table, row for row: a mapping of output columns plus errors and warnings.
 
     Rows that could not be scored hold NaN (numbers) or None (labels) and have an ``errors`` entry;
-    ``warnings`` holds a tuple of messages per row (empty for most).
+    ``warnings`` holds a tuple of messages per row (empty for most). ``kept`` holds the columns
+    ``call_batch(..., keep=[...])`` carried through, as they were given.
     """
 
     columns: dict[str, np.ndarray]
     errors: list[str | None]
     warnings: list[tuple[str, ...]]
     provenance: Provenance
+    kept: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, key: str) -> np.ndarray:
         return self.columns[key]
@@ -89,7 +92,9 @@ class BatchResult(Mapping[str, np.ndarray]):
         return len(self.errors)
 
     def to_arrow(self) -> pa.Table:
-        data: dict[str, Any] = {name: pa.array(col) for name, col in self.columns.items()}
+        """The kept columns, the outputs, ``error`` and ``warnings``: the layout ``kgrid score`` writes."""
+        data: dict[str, Any] = {name: _arrow_column(col) for name, col in self.kept.items()}
+        data.update((name, pa.array(col)) for name, col in self.columns.items())
         data["error"] = pa.array(self.errors, type=pa.string())
         data["warnings"] = pa.array(self.warnings, type=pa.list_(pa.string()))
         return pa.table(data)
@@ -223,27 +228,42 @@ class KnowledgeObject:
             warnings = warnings + fn.result_warnings
         return CallResult(result, warnings, fn.provenance)
 
-    def call_batch(self, function: str, table: Any, *, units: Mapping[str, str] | None = None) -> BatchResult:
+    def call_batch(
+        self,
+        function: str,
+        table: Any,
+        *,
+        units: Mapping[str, str] | None = None,
+        mapping: Mapping[str, str] | None = None,
+        keep: Sequence[str] = (),
+    ) -> BatchResult:
         """Compute a result per row of a dict of columns, a pyarrow Table or a pandas DataFrame.
 
         One ONNX run covers every valid row. A bad row gets its own error and does not stop
         the others; the output has the input's rows, in order.
+
+        Columns are read as ``kgrid score`` reads a file (:mod:`kgrid_py.columns`): a column feeds
+        the input of its name or the one ``mapping`` (``{column: input}``) names; ``units``
+        (``{column or input: unit}``) gives its unit; ``keep`` columns are carried unchanged into
+        :attr:`BatchResult.kept` (first in :meth:`BatchResult.to_arrow`); other columns are
+        ignored, except one named like a removed input or like an input no column feeds (a
+        silent default), which is refused. Row errors and warnings name the caller's columns and
+        state values in the caller's units. A table that does not fit raises :class:`InputError`.
         """
         fn = self._function(function)
-        columns, n_rows = _columns_of(table)
-        batch = fn.plan.prepare_batch(columns, n_rows, units)
+        names, n_rows = _shape_of(table)
+        plan = resolve_columns(fn.spec, names, mapping=mapping, units=units, keep=keep)
+        columns = _columns_of(table, plan.column_for.values())
+        fed = {name: columns[column] for name, column in plan.column_for.items()}
+        batch = fn.plan.prepare_batch(fed, n_rows, plan.units)
         outputs = fn.run(batch.feeds) if batch.valid.any() else [None] * len(fn.outputs)
         result = {spec.name: _column(spec, array, batch.valid) for spec, array in zip(fn.outputs, outputs, strict=True)}
-        errors: list[str | None] = [None] * n_rows
-        for row, problems in batch.errors.items():
-            errors[row] = "; ".join(f"{e.field}: {e.message}" for e in problems)
-        warnings: list[tuple[str, ...]] = [()] * n_rows
-        for row, found in batch.warnings.items():
-            warnings[row] = tuple(str(w) for w in found)
+        errors, warnings = CallerTerms(fn.plan, plan).render(batch, fed, n_rows)
         if fn.result_warning_texts:
             extra = fn.result_warning_texts
             warnings = [w + extra if ok else w for w, ok in zip(warnings, batch.valid.tolist(), strict=True)]
-        return BatchResult(result, errors, warnings, fn.provenance)
+        kept = {column: _kept(table, column) for column in plan.keep}
+        return BatchResult(result, errors, warnings, fn.provenance, kept)
 
     # -- self-test -----------------------------------------------------------------------------
 
@@ -365,25 +385,49 @@ def _column(spec: OutputSpec, array: np.ndarray | None, valid: np.ndarray) -> np
     return out
 
 
-def _columns_of(table: Any) -> tuple[dict[str, Any], int]:
-    """Columns and row count of a dict of columns, a pyarrow Table or a pandas DataFrame."""
+def _shape_of(table: Any) -> tuple[list[str], int]:
+    """Column names and row count of a dict of columns, a pyarrow Table or a pandas DataFrame."""
     if isinstance(table, pa.Table | pa.RecordBatch):
-        columns = {}
-        for name in table.column_names:
-            col = table.column(name)
-            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type):
-                columns[name] = col  # labels stay in Arrow: enum lookup happens there
-            else:
-                columns[name] = col.to_numpy(zero_copy_only=False)
-        return columns, table.num_rows
+        return list(table.column_names), table.num_rows
     if hasattr(table, "columns") and hasattr(table, "to_numpy") and hasattr(table, "index"):  # pandas
-        return {str(name): table[name].to_numpy() for name in table.columns}, len(table.index)
+        return [str(name) for name in table.columns], len(table.index)
     if isinstance(table, Mapping):
         lengths = {len(v) for v in table.values()}
         if len(lengths) > 1:
             sizes = ", ".join(f"{name}={len(col)}" for name, col in table.items())
             raise InputError([FieldError("(table)", f"columns differ in length: {sizes}")])
-        return dict(table), lengths.pop() if lengths else 0
+        return [str(name) for name in table], lengths.pop() if lengths else 0
     raise TypeError(
         f"call_batch takes a dict of columns, a pyarrow Table or a pandas DataFrame, not {type(table).__name__}"
     )
+
+
+def _columns_of(table: Any, names: Iterable[str]) -> dict[str, Any]:
+    """The named columns (only those: a wide table's other columns are never converted)."""
+    columns: dict[str, Any] = {}
+    for name in names:
+        if isinstance(table, pa.Table | pa.RecordBatch):
+            col = table.column(name)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type):
+                columns[name] = col  # labels stay in Arrow: enum lookup happens there
+            else:
+                columns[name] = col.to_numpy(zero_copy_only=False)
+        elif isinstance(table, Mapping):
+            columns[name] = table[name]
+        else:  # pandas: column labels may be non-strings; _shape_of named them with str()
+            label = next(c for c in table.columns if str(c) == name)
+            columns[name] = table[label].to_numpy()
+    return columns
+
+
+def _kept(table: Any, name: str) -> Any:
+    """A column carried through unchanged: Arrow stays Arrow, pandas stays a Series, lists stay lists."""
+    if isinstance(table, pa.Table | pa.RecordBatch):
+        return table.column(name)
+    if isinstance(table, Mapping):
+        return table[name]
+    return table[next(c for c in table.columns if str(c) == name)]
+
+
+def _arrow_column(column: Any) -> pa.Array | pa.ChunkedArray:
+    return column if isinstance(column, pa.Array | pa.ChunkedArray) else pa.array(column)

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from kgrid_py.columns import CLI_LABELS, resolve_columns
 from kgrid_py.errors import InputError, KgridError
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.metadata import FieldSpec, OutputSpec
@@ -62,7 +63,6 @@ __all__ = [
 INPUT_FORMATS = ("csv", "tsv", "parquet", "jsonl")
 OUTPUT_FORMATS = ("parquet", "csv")
 DEFAULT_BATCH_SIZE = 65_536
-RESERVED_COLUMNS = ("error", "warnings")
 _SUFFIXES = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -255,23 +255,24 @@ class BatchScorer:
         self.inputs: dict[str, FieldSpec] = {f.name: f for f in spec.inputs}
         self.outputs: list[OutputSpec] = list(spec.outputs)
         self.warnings_as_text = warnings_as_text
-        columns = list(schema.names)
-        self.column_for = _resolve_mapping(columns, dict(mapping or {}), self.inputs)
-        self.units = _resolve_units(dict(units or {}), self.column_for, self.inputs)
-        self.keep = _resolve_keep(columns, list(keep), self.outputs)
-        missing = [
-            name for name, f in self.inputs.items() if f.required and name not in self.column_for and f.default is None
-        ]
-        if missing:
-            raise MappingError(
-                f"no column for required input(s) {', '.join(missing)} of {ko.ref} {function}; "
-                f"map one with --map COLUMN=INPUT (columns: {', '.join(columns)})"
-            )
-        self.defaults = {
-            name: (float(f.default) if f.type in ("number", "integer") else f.default)
-            for name, f in self.inputs.items()
-            if name not in self.column_for and f.default is not None and f.type != "tensor"
-        }
+        try:
+            resolved = resolve_columns(spec, schema.names, mapping=mapping, units=units, keep=keep, labels=CLI_LABELS)
+        except InputError as exc:
+            problems = (e.message if e.field == "(table)" else f"input {e.field} {e.message}" for e in exc.errors)
+            raise MappingError(f"{ko.ref} {function}: " + "; ".join(problems)) from None
+        self.column_for = resolved.column_for
+        self.units = resolved.units
+        self.keep = resolved.keep
+        # call_batch sees the file's own column names, so row errors name them (and their units).
+        self.mapping = {column: name for name, column in self.column_for.items()}
+        self.defaults: dict[str, Any] = {}  # key -> whole-array default (the library's are lists)
+        for name, f in self.inputs.items():
+            if name not in self.column_for and f.default is not None and f.type != "tensor":
+                key = name
+                while key in schema.names:  # a column of that name exists but feeds another input
+                    key = f"_{key}"
+                self.mapping[key] = name
+                self.defaults[key] = float(f.default) if f.type in ("number", "integer") else f.default
         self.needed = list(dict.fromkeys([*self.keep, *self.column_for.values()]))
         fields = [schema.field(name) for name in self.keep]
         for out in self.outputs:
@@ -281,16 +282,16 @@ class BatchScorer:
         self.output_schema = pa.schema(fields)
         # Let the library reject anything else (units it cannot convert) before a row is read.
         try:
-            ko.call_batch(function, {name: [] for name in self.column_for}, units=self.units)
+            ko.call_batch(function, {key: [] for key in self.mapping}, mapping=self.mapping, units=self.units)
         except InputError as exc:
             raise MappingError(f"{ko.ref} {function}: {exc}") from None
 
     def score(self, batch: pa.RecordBatch | pa.Table, row_errors: Sequence[str | None] | None = None) -> pa.RecordBatch:
         """Score one batch; ``row_errors`` marks rows the reader already knows are broken."""
-        columns = {name: self._input_column(name, batch.column(col)) for name, col in self.column_for.items()}
-        for name, value in self.defaults.items():  # whole-array defaults: the library's are lists
-            columns[name] = np.full(batch.num_rows, value)
-        result = self.ko.call_batch(self.function, columns, units=self.units)
+        columns = {col: self._input_column(name, batch.column(col)) for name, col in self.column_for.items()}
+        for key, value in self.defaults.items():
+            columns[key] = np.full(batch.num_rows, value)
+        result = self.ko.call_batch(self.function, columns, mapping=self.mapping, units=self.units)
         errors = list(result.errors)
         if row_errors is not None:
             for row, message in enumerate(row_errors):
@@ -338,53 +339,6 @@ class BatchScorer:
         if kind == "enum" and (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
             return column
         return column.to_pylist()
-
-
-def _resolve_mapping(columns: list[str], mapping: dict[str, str], inputs: Mapping[str, FieldSpec]) -> dict[str, str]:
-    """input name -> column name: explicit ``column=input`` pairs first, then same-named columns."""
-    column_for: dict[str, str] = {}
-    for column, name in mapping.items():
-        if column not in columns:
-            raise MappingError(f"--map {column}={name}: no column {column!r} in the input")
-        if name not in inputs:
-            raise MappingError(f"--map {column}={name}: {name!r} is not an input (inputs: {', '.join(inputs)})")
-        if name in column_for:
-            raise MappingError(f"--map: both {column_for[name]!r} and {column!r} map to input {name!r}")
-        column_for[name] = column
-    for name in inputs:
-        if name not in column_for and name in columns and name not in mapping:
-            column_for[name] = name
-    return column_for
-
-
-def _resolve_units(
-    units: dict[str, str], column_for: Mapping[str, str], inputs: Mapping[str, FieldSpec]
-) -> dict[str, str]:
-    """input name -> unit, where the key may be an input's name or the column mapped to it."""
-    input_of = {column: name for name, column in column_for.items()}
-    resolved: dict[str, str] = {}
-    for key, unit in units.items():
-        name = input_of.get(key, key)
-        if name not in inputs:
-            raise MappingError(f"--unit {key}={unit}: {key!r} is neither an input nor a column mapped to one")
-        if name not in column_for:
-            raise MappingError(f"--unit {key}={unit}: no column feeds input {name!r}")
-        if name in resolved:
-            raise MappingError(f"--unit: input {name!r} is given a unit twice")
-        resolved[name] = unit
-    return resolved
-
-
-def _resolve_keep(columns: list[str], keep: list[str], outputs: Sequence[OutputSpec]) -> list[str]:
-    taken = {o.name for o in outputs} | set(RESERVED_COLUMNS)
-    for name in keep:
-        if name not in columns:
-            raise MappingError(f"--keep {name}: no such column in the input (columns: {', '.join(columns)})")
-        if name in taken:
-            raise MappingError(f"--keep {name}: the output already has a column {name!r}; rename it in the input")
-    if len(set(keep)) != len(keep):
-        raise MappingError("--keep names a column twice")
-    return keep
 
 
 def _as_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -60,7 +60,7 @@ def test_score_csv_to_parquet_with_map_unit_keep(runner: CliRunner, demo_shelf: 
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == ["p1", "p2", "p3"]
     assert table.column("bmi")[0].as_py() == pytest.approx(154 * 0.45359237 / 1.75**2)
-    assert table.column("error").to_pylist() == [None, "weight: must be a number, got 'abc'", None]
+    assert table.column("error").to_pylist() == [None, "weight_lb: must be a number, got 'abc'", None]
 
 
 def test_progress_lines_go_to_stderr(runner: CliRunner, demo_shelf: Path, work: Path, monkeypatch) -> None:
@@ -77,7 +77,12 @@ def test_progress_lines_go_to_stderr(runner: CliRunner, demo_shelf: Path, work: 
     [
         pytest.param(["--map", "weight_lb"], "--map 'weight_lb': expected NAME=VALUE", id="malformed-map"),
         pytest.param(["--map", "nope=weight"], "--map nope=weight: no column 'nope' in the input", id="no-column"),
-        pytest.param([], "no column for required input(s) weight", id="unmapped-required"),
+        pytest.param(
+            [],
+            "input weight is required, but no column feeds it; column 'weight_lb' looks like it: "
+            "map it with --map weight_lb=weight",
+            id="unmapped-required",
+        ),
         pytest.param(
             ["--map", "weight_lb=weight", "--unit", "weight_lb=mol"], "unit 'mol' cannot be converted", id="bad-unit"
         ),

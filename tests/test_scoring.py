@@ -264,7 +264,9 @@ def test_mapping_errors_fail_before_writing(ko: KnowledgeObject, work: Path, opt
 
 def test_missing_required_column_names_it(ko: KnowledgeObject, work: Path) -> None:
     header = ("id", "w", "height", "sex", "smoker", "age")
-    with pytest.raises(MappingError, match=r"no column for required input\(s\) weight"):
+    with pytest.raises(
+        MappingError, match=r"input weight is required, but no column feeds it; map one with --map COLUMN=weight"
+    ):
         score_file(ko, "bmi", write_csv(work / "in.csv", ROWS, header), work / "out.parquet")
 
 
