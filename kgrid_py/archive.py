@@ -44,6 +44,7 @@ from kgrid_py.digest import (
 from kgrid_py.digest import collect_files as _collect_files
 from kgrid_py.ko import METADATA_FILE, read_metadata, verify_files
 from kgrid_py.metadata import KO_ID_PATTERN, SEMVER_PATTERN
+from kgrid_py.shelf import reserved_id_problem
 
 __all__ = [
     "FORMAT",
@@ -402,6 +403,9 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
         raise ArchiveRejected(f"{MANIFEST_NAME}: 'files' must map paths to sha256 hex digests")
     if not isinstance(manifest.get("id"), str) or not re.match(KO_ID_PATTERN, manifest["id"]):
         raise ArchiveRejected(f"{MANIFEST_NAME}: 'id' must be a KO id (lowercase letters, digits, '-')")
+    reserved = reserved_id_problem(manifest["id"])
+    if reserved:
+        raise ArchiveRejected(reserved)
     if not isinstance(manifest.get("version"), str) or not re.match(SEMVER_PATTERN, manifest["version"]):
         raise ArchiveRejected(f"{MANIFEST_NAME}: 'version' must be a semantic version")
     for name in files:

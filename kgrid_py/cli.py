@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import click
 
-from kgrid_py.errors import InputError, KgridError
+from kgrid_py.errors import InputError, InvalidKO, KgridError
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.shelf import Shelf, default_shelf_path, load
+from kgrid_py.metadata import FieldSpec
+from kgrid_py.shelf import Shelf, default_shelf_path, load, reserved_id_problem
 
 __all__ = ["main"]
 
@@ -62,12 +64,15 @@ def cli(ctx: click.Context, debug: bool) -> None:
 def validate(path: Path) -> None:
     """Check a KO folder: schema, digests, graphs and its own test vectors."""
     ko = KnowledgeObject.from_path(path)
+    reserved = reserved_id_problem(ko.id)
+    if reserved:
+        raise InvalidKO(reserved)
     failed = [o for o in ko.test() if not o.passed]
     if failed:
         for outcome in failed:
             click.echo(f"FAIL {outcome.vector.name}: {outcome.detail}", err=True)
         raise KgridError(f"{ko.ref}: {len(failed)} test vector(s) failed")
-    click.echo(f"{ko.ref}: valid ({len(ko.functions)} function(s), digest {ko.content_digest[:12]})")
+    click.echo(f"{ko.ref}: valid ({len(ko.functions)} function(s)), digest {ko.content_digest}")
 
 
 @cli.command(name="test")
@@ -93,9 +98,11 @@ def test_command(ref: str, shelf: Path | None, verbose: bool) -> None:
 @_shelf_option
 def info(ref: str, shelf: Path | None) -> None:
     """Show a KO's identity, status, functions and their inputs."""
-    ko = load(ref, shelf=_shelf(shelf))
+    ko = load(ref, shelf=_shelf(shelf), allow_retired=True)  # describing a retired version is fine
     meta = ko.metadata
     click.echo(f"{ko.ref}  [{meta.status}]  {meta.title}")
+    if meta.successor:
+        click.echo(f"  successor: {meta.successor}")
     click.echo(f"  digest: {ko.content_digest}")
     click.echo(f"  path: {ko.path}")
     for citation in meta.citations:
@@ -103,12 +110,30 @@ def info(ref: str, shelf: Path | None) -> None:
     for function in meta.functions:
         click.echo(f"  {function.name}: {function.title}")
         for field in function.inputs:
-            unit = f" [{field.unit}]" if field.unit else ""
-            optional = "" if field.required else f" (default {field.default!r})"
-            click.echo(f"    in  {field.name}: {field.type}{unit}{optional}")
+            click.echo(f"    in  {field.name}: {_describe_input(field)}")
         for output in function.outputs:
             unit = f" [{output.unit}]" if output.unit else ""
-            click.echo(f"    out {output.name}: {output.type}{unit}")
+            labels = f" one of {output.enum}" if output.enum else ""
+            click.echo(f"    out {output.name}: {output.type}{unit}{labels}")
+
+
+def _describe_input(field: FieldSpec) -> str:
+    """Type, unit and accepted units, allowed values, bounds and default: what a caller must send."""
+    text = field.type
+    if field.type == "tensor":
+        text += f" {field.dtype} {field.shape}"
+    if field.unit:
+        text += f" [{field.unit}]"
+    if field.accepted_units:
+        text += " (also accepts " + ", ".join(u.unit for u in field.accepted_units) + ")"
+    if field.enum:
+        text += f" one of {field.enum}"
+    if field.hard_bounds:
+        text += f"; valid {field.hard_bounds.describe()}"
+    if field.population_bounds:
+        text += f"; intended population {field.population_bounds.describe()}"
+    text += "; required" if field.required else f"; optional, default {field.default!r}"
+    return text
 
 
 @cli.command(name="list")
@@ -127,8 +152,13 @@ def list_command(shelf: Path | None) -> None:
 @click.argument("endpoint")
 @click.option("--input", "input_", required=True, help="JSON inputs, @FILE, or - for stdin.")
 @_shelf_option
-def run(ref: str, endpoint: str, input_: str, shelf: Path | None) -> None:
-    """Call one function and print {"result": ..., "info": ...} as JSON."""
+@click.option("--allow-retired", is_flag=True, help="Run a retired version anyway (e.g. to reproduce an old result).")
+def run(ref: str, endpoint: str, input_: str, shelf: Path | None, allow_retired: bool) -> None:
+    """Call one function and print {"result": ..., "info": ...} as JSON.
+
+    A retired version is refused (exit 1, naming its successor) unless --allow-retired; a
+    deprecated one runs, with a warning on stderr and in the result's warnings.
+    """
     if input_ == "-":
         text = sys.stdin.read()
     elif input_.startswith("@"):
@@ -139,15 +169,21 @@ def run(ref: str, endpoint: str, input_: str, shelf: Path | None) -> None:
         inputs = json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"--input is not valid JSON: {exc}") from None
-    ko = load(ref, shelf=_shelf(shelf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # said once, on stderr, below
+        ko = load(ref, shelf=_shelf(shelf), allow_retired=allow_retired)
+    if ko.deprecation:
+        click.echo(f"warning: {ko.deprecation}", err=True)
+    elif ko.status == "retired":
+        click.echo(f"warning: {ko.ref} is retired; run only because --allow-retired was given", err=True)
     try:
         if isinstance(inputs, list):
             outs = [ko.call(endpoint, item) for item in inputs]
             result: Any = [o.result for o in outs]
-            warnings = [o.warnings for o in outs]
+            result_warnings = [o.warnings for o in outs]
         else:
             out = ko.call(endpoint, inputs)
-            result, warnings = out.result, out.warnings
+            result, result_warnings = out.result, out.warnings
     except InputError as exc:
         click.echo(json.dumps({"errors": [e.as_dict() for e in exc.errors]}), err=True)
         raise
@@ -156,7 +192,7 @@ def run(ref: str, endpoint: str, input_: str, shelf: Path | None) -> None:
         "version": ko.version,
         "function": endpoint,
         "content_digest": ko.content_digest,
-        "warnings": warnings,
+        "warnings": result_warnings,
     }
     click.echo(json.dumps({"result": result, "info": info}, indent=2))
 
@@ -174,7 +210,7 @@ def build(path: Path, seal_only: bool) -> None:
         return
     summary = build_ko(path)
     ko = KnowledgeObject.from_path(path)
-    click.echo(f"{ko.ref}: built, digest {ko.content_digest[:12]}")
+    click.echo(f"{ko.ref}: built, digest {ko.content_digest}")
     if summary:
         click.echo(json.dumps(summary, indent=2, default=str))
 

@@ -22,7 +22,8 @@ from onnx import TensorProto, helper
 
 from kgrid_py.build import seal
 from kgrid_py.curator_errors import CurationError
-from kgrid_py.metadata import KO_ID_PATTERN, SEMVER_PATTERN
+from kgrid_py.metadata import KO_ID_PATTERN, KOIO_CONTEXT, SEMVER_PATTERN
+from kgrid_py.shelf import reserved_id_problem
 
 __all__ = ["COEFFICIENTS", "init_ko", "reference_risk"]
 
@@ -50,6 +51,9 @@ def init_ko(
     """Create ``parent/NAME`` holding a sealed, valid template KO and return its path."""
     if not re.match(KO_ID_PATTERN, name):
         raise CurationError(f"{name!r} is not a valid KO id: lowercase letters, digits and '-', starting with a letter")
+    reserved = reserved_id_problem(name)
+    if reserved:
+        raise CurationError(reserved)
     if not re.match(SEMVER_PATTERN, version):
         raise CurationError(f"{version!r} is not a semantic version (X.Y.Z)")
     path = Path(parent) / name
@@ -169,6 +173,7 @@ def _vectors() -> list[dict[str, Any]]:
 def _metadata(name: str, version: str, author: str, license: str) -> dict[str, Any]:
     zero = "0" * 64
     return {
+        "@context": KOIO_CONTEXT,
         "@id": f"{name}/{version}",
         "@type": "koio:KnowledgeObject",
         "koio:kgrid": "2",
