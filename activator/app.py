@@ -230,7 +230,15 @@ def _cds_routes(settings: Settings) -> list[Any]:
     """CDS Hooks 2.0 services for every served KO function that declares FHIR bindings."""
     from activator.cds_hooks import CdsHooks, CdsSettings
 
-    cds = CdsHooks(_served_kos, CdsSettings(no_auth=settings.cds_no_auth, issuers_file=settings.cds_issuers))
+    cds = CdsHooks(
+        _served_kos,
+        CdsSettings(
+            no_auth=settings.cds_no_auth,
+            issuers_file=settings.cds_issuers,
+            public_url=settings.public_url,
+            store_path=settings.cds_db or settings.shelf / ".kgrid" / "cds.sqlite3",
+        ),
+    )
     return list(cds.routes)
 
 

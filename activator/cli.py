@@ -50,6 +50,24 @@ __all__ = ["serve"]
 )
 @click.option("--cds-no-auth", is_flag=True, help="Turn CDS Hooks JWT checks off (local development only).")
 @click.option(
+    "--public-url",
+    default=None,
+    help="The URL EHRs reach this server at (behind a proxy: the proxy's); CDS Hooks JWTs must name it "
+    "in 'aud' (default: http://HOST:PORT).",
+)
+@click.option(
+    "--cds-db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="SQLite file of CDS Hooks replay cache and feedback, shared by the workers "
+    "(default: SHELF/.kgrid/cds.sqlite3).",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    help="Comma-separated proxy IPs or networks whose X-Forwarded-* headers are honoured (default: none).",
+)
+@click.option(
     "--tokens",
     "tokens_file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -95,6 +113,9 @@ def serve(
     access_log: bool,
     cds_issuers: Path | None,
     cds_no_auth: bool,
+    public_url: str | None,
+    cds_db: Path | None,
+    forwarded_allow_ips: str | None,
     tokens_file: Path | None,
     require_signature: bool,
     trust_dir: Path | None,
@@ -135,6 +156,9 @@ def serve(
         access_log=access_log,
         cds_issuers=cds_issuers.resolve() if cds_issuers else None,
         cds_no_auth=cds_no_auth,
+        public_url=_public_url(public_url, host, port),
+        cds_db=cds_db.resolve() if cds_db else None,
+        forwarded_allow_ips=forwarded_allow_ips,
         tokens_file=tokens_file.resolve() if tokens_file else None,
         require_signature=require_signature,
         trust_dir=trust_dir.resolve() if trust_dir else None,
@@ -151,7 +175,23 @@ def serve(
         workers=workers,
         access_log=False,  # the activator logs each request itself, with its request id
         log_level="info",
+        # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or "",
     )
+
+
+def _public_url(url: str | None, host: str, port: int) -> str:
+    """The configured public URL (http or https, no query), else the address served on."""
+    if url is None:
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise click.BadParameter("must be an http(s) URL without query or fragment", param_hint="--public-url")
+    return url.rstrip("/")
 
 
 def _sync_manifest(

@@ -40,6 +40,13 @@ class Settings:
     # CDS Hooks: trusted EHR issuers (JSON file); cds_no_auth turns JWT checks off (development only).
     cds_issuers: Path | None = None
     cds_no_auth: bool = False
+    # The URL EHRs call this server at: a CDS JWT's 'aud' must be it plus the service path (never
+    # taken from the request's Host). cds_db: the SQLite file of seen jtis and feedback, shared by
+    # the workers (default <shelf>/.kgrid/cds.sqlite3).
+    public_url: str | None = None
+    cds_db: Path | None = None
+    # Proxies whose X-Forwarded-For/-Proto uvicorn honours (comma-separated IPs or networks; none by default).
+    forwarded_allow_ips: str | None = None
     # Publishing (POST /kos) and lifecycle (POST /kos/{id}/{version}/status): bearer tokens with
     # roles from this JSON file, else from KGRID_TOKENS_FILE / KGRID_TOKENS (kgrid_py.tokens).
     tokens_file: Path | None = None
@@ -61,7 +68,7 @@ class Settings:
         if not text:
             return cls(shelf=Path(os.environ.get("KGRID_SHELF", "knowledge_objects")))
         data = json.loads(text)
-        for key in ("shelf", "reload_signal", "cds_issuers", "tokens_file", "trust_dir"):
+        for key in ("shelf", "reload_signal", "cds_issuers", "cds_db", "tokens_file", "trust_dir"):
             if data.get(key) is not None:
                 data[key] = Path(data[key])
         return cls(**data)

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from kgrid_py.errors import KgridError
 from kgrid_py.metadata import FieldSpec, FunctionSpec
-from kgrid_py.units import UnitMismatch, conversion_factor
+from kgrid_py.units import UnitMismatch, conversion_factor, normalize_unit
 
 __all__ = [
     "FhirData",
@@ -47,8 +47,12 @@ __all__ = [
     "InputSource",
     "bound_inputs",
     "map_inputs",
+    "next_link",
     "prefetch_templates",
 ]
+
+PAGE_SIZE = 100
+"""Results per page that prefetch templates and searches ask for (``_count``)."""
 
 UCUM = "http://unitsofmeasure.org"
 SEX_FOR_CLINICAL_USE = (
@@ -371,7 +375,10 @@ def bound_inputs(spec: FunctionSpec) -> list[FieldSpec]:
 def prefetch_templates(spec: FunctionSpec) -> dict[str, str]:
     """CDS Hooks prefetch templates that fetch everything the bindings need.
 
-    ``patient`` for age/sex; one ``<input>`` key per observation or condition input.
+    ``patient`` for age/sex; one ``<input>`` key per observation or condition input. Searches ask for
+    :data:`PAGE_SIZE` results a page; Observations newest first (``_sort=-date``), so that the first
+    page holds the latest value even when a server pages (the caller still follows ``next`` links and
+    picks the newest by effective time, never by bundle order).
     """
     templates: dict[str, str] = {}
     for f in bound_inputs(spec):
@@ -384,8 +391,20 @@ def prefetch_templates(spec: FunctionSpec) -> dict[str, str]:
             resource = {"observation": "Observation", "family-history": "FamilyMemberHistory"}.get(
                 binding.kind, "Condition"
             )
-            templates[f.name] = f"{resource}?patient={{{{context.patientId}}}}&code={codes}"
+            order = "&_sort=-date" if resource == "Observation" else ""
+            templates[f.name] = f"{resource}?patient={{{{context.patientId}}}}&code={codes}{order}&_count={PAGE_SIZE}"
     return templates
+
+
+def next_link(bundle: Any) -> str | None:
+    """The URL of a searchset Bundle's next page (JSON or model), or None when it is the last page."""
+    links = bundle.get("link") if isinstance(bundle, Mapping) else getattr(bundle, "link", None)
+    for link in links or []:
+        relation = link.get("relation") if isinstance(link, Mapping) else getattr(link, "relation", None)
+        url = link.get("url") if isinstance(link, Mapping) else getattr(link, "url", None)
+        if relation == "next" and isinstance(url, str) and url:
+            return url
+    return None
 
 
 # -- mapping -----------------------------------------------------------------------------------
@@ -604,6 +623,20 @@ def _factor_to(f: FieldSpec, unit: str) -> float:
     return conversion_factor(unit, f.unit, [(u.unit, u.factor) for u in f.accepted_units])
 
 
+def _quantity_unit(quantity: Any) -> str | None:
+    """The UCUM unit of a valueQuantity: its ``code`` under the UCUM system.
+
+    With no ``system`` at all, the ``code`` (else the human ``unit``) is taken as UCUM if it parses
+    and converts (checked by the caller): European labs often send ``µmol/L`` that way. A quantity
+    coded in another system is never read as UCUM.
+    """
+    if quantity.system == UCUM:
+        return quantity.code or None
+    if quantity.system is None:
+        return quantity.code or quantity.unit or None
+    return None
+
+
 def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputSource:
     binding = f.fhir
     assert binding is not None
@@ -638,20 +671,36 @@ def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputS
         value: Any = float(quantity.value) if isinstance(quantity.value, Decimal | float) else quantity.value
         if f.type == "integer" and float(value).is_integer():
             value = int(value)
-        unit = quantity.code if quantity.system == UCUM else None
+        unit = _quantity_unit(quantity)
         if f.unit:
             if unit is None:
+                shown_unit = quantity.unit if quantity.unit is None or len(quantity.unit) <= 64 else "(too long)"
+                shown_system = (
+                    quantity.system if quantity.system is None or len(quantity.system) <= 64 else "(too long)"
+                )
                 raise _GapFound(
                     Gap(
                         f.name,
                         "unusable",
                         f"{ref} value {value} has no UCUM unit code "
-                        f"(unit {quantity.unit!r}, system {quantity.system!r}); expected {f.unit}",
+                        f"(unit {shown_unit!r}, system {shown_system!r}); expected {f.unit}",
                     )
                 )
             try:
+                unit = normalize_unit(unit)
                 _factor_to(f, unit)
-            except (UnitMismatch, ValueError):
+            except UnitMismatch as exc:
+                if len(unit) > 64:
+                    raise _GapFound(Gap(f.name, "unusable", f"{ref}: {exc}")) from None
+                accepted = ", ".join([f.unit, *(u.unit for u in f.accepted_units)])
+                raise _GapFound(
+                    Gap(
+                        f.name,
+                        "unusable",
+                        f"{ref} unit {unit!r} cannot be converted to {f.unit} (accepted: {accepted})",
+                    )
+                ) from None
+            except ValueError:
                 accepted = ", ".join([f.unit, *(u.unit for u in f.accepted_units)])
                 raise _GapFound(
                     Gap(

@@ -19,7 +19,7 @@ HOOK = {
 
 
 def test_served_activator_lists_cds_services_and_requires_a_token(tmp_path: Path) -> None:
-    with Server(SHELF, log=tmp_path / "log") as server:
+    with Server(SHELF, "--cds-db", str(tmp_path / "cds.sqlite3"), log=tmp_path / "log") as server:
         services = httpx.get(server.url + "/cds-services").json()["services"]
         ids = {s["id"] for s in services}
         assert "kfre-1.0.0-four-variable" in ids and "ckd-epi-egfr-2.0.0-egfr-cr" in ids
@@ -28,7 +28,7 @@ def test_served_activator_lists_cds_services_and_requires_a_token(tmp_path: Path
 
 
 def test_no_auth_mode_answers_with_a_card_naming_missing_data(tmp_path: Path) -> None:
-    with Server(SHELF, "--cds-no-auth", log=tmp_path / "log") as server:
+    with Server(SHELF, "--cds-no-auth", "--cds-db", str(tmp_path / "cds.sqlite3"), log=tmp_path / "log") as server:
         call = httpx.post(
             server.url + "/cds-services/kfre-1.0.0-four-variable",
             json={
@@ -49,7 +49,7 @@ def test_no_auth_mode_answers_with_a_card_naming_missing_data(tmp_path: Path) ->
 def test_hostile_requests_get_4xx_never_500(tmp_path: Path) -> None:
     """Inputs a review found crashing the server: each now gets a clear 4xx."""
     kfre = '{"age": 63, "sex": "female", "egfr": 45, "uacr": 30'
-    with Server(SHELF, "--cds-no-auth", log=tmp_path / "log") as server:
+    with Server(SHELF, "--cds-no-auth", "--cds-db", str(tmp_path / "cds.sqlite3"), log=tmp_path / "log") as server:
         post = lambda path, content: httpx.post(  # noqa: E731
             server.url + path, content=content, headers={"Content-Type": "application/json"}
         )

@@ -35,7 +35,8 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with Server(SHELF, "--cds-no-auth", log=tmp_path_factory.mktemp("conf") / "log") as server:
+    folder = tmp_path_factory.mktemp("conf")
+    with Server(SHELF, "--cds-no-auth", "--cds-db", str(folder / "cds.sqlite3"), log=folder / "log") as server:
         yield server.url
 
 

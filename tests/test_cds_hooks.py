@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 import httpx
 import jwt
 import pytest
@@ -27,6 +28,7 @@ from fhir_data import PLCO_DIRECT, creatinine, egfr, patient, plco_resources, qu
 
 from activator.cds_auth import JwtVerifier, TrustedIssuer
 from activator.cds_hooks import CdsHooks, CdsSettings
+from activator.cds_store import CdsStore
 from kgrid_py.ko import KnowledgeObject
 
 SHELF = Path(__file__).resolve().parent.parent / "knowledge_objects"
@@ -75,8 +77,8 @@ def kos() -> list[KnowledgeObject]:
     ]
 
 
-def _serve(app: Any) -> Iterator[str]:
-    port = _free_port()
+def _serve(app: Any, port: int | None = None) -> Iterator[str]:
+    port = port or _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -90,21 +92,27 @@ def _serve(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def feedback_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cds") / "feedback.jsonl"
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cds") / "cds.sqlite3"
 
 
 @pytest.fixture(scope="module")
-def hooks(kos: list[KnowledgeObject], feedback_file: Path) -> CdsHooks:
-    verifier = JwtVerifier([TrustedIssuer(ISSUER, jwks=_jwks())])
-    return CdsHooks(lambda request: kos, CdsSettings(verifier=verifier, feedback_file=feedback_file))
+def port() -> int:
+    return _free_port()
 
 
 @pytest.fixture(scope="module")
-def base(hooks: CdsHooks) -> Iterator[str]:
+def hooks(kos: list[KnowledgeObject], store_path: Path, port: int, fhir_server: tuple[str, _FhirStore]) -> CdsHooks:
+    verifier = JwtVerifier([TrustedIssuer(ISSUER, jwks=_jwks(), fhir_servers=(fhir_server[0],))])
+    settings = CdsSettings(verifier=verifier, store_path=store_path, public_url=f"http://127.0.0.1:{port}")
+    return CdsHooks(lambda request: kos, settings)
+
+
+@pytest.fixture(scope="module")
+def base(hooks: CdsHooks, port: int) -> Iterator[str]:
     app = FastAPI()
     app.router.routes.extend(hooks.routes)
-    yield from _serve(app)
+    yield from _serve(app, port)
 
 
 @pytest.fixture(scope="module")
@@ -233,9 +241,11 @@ def test_patient_view_card_with_result_inputs_and_source(base: str) -> None:
     assert card["summary"].startswith("Kidney failure risk (4-variable KFRE): risk_2y ")
     assert card["indicator"] == "critical"
     assert f"| uacr | 50 | mg/mmol | {_days_ago(30)} | Observation/uacr1 |" in card["detail"]
-    assert f"| egfr | 30 | mL/min/{{1.73_m2}} | {_days_ago(20)} | Observation/egfr1 |" in card["detail"]
-    assert card["source"]["label"] == "kfre@1.0.0"
-    assert card["source"]["url"] == "https://doi.org/10.1001/jama.2011.451"
+    assert f"| egfr | 30 | mL/min/1.73 m² | {_days_ago(20)} | Observation/egfr1 |" in card["detail"]
+    kfre = KnowledgeObject.from_path(SHELF / "kfre" / "1.0.0").metadata
+    assert card["source"]["label"] == f"{kfre.title} (kfre@1.0.0)"
+    development = next(c for c in kfre.citations if c.role == "development")
+    assert card["source"]["url"] == f"https://doi.org/{development.doi}"
     assert "Tangri N" in card["detail"]
     # An input the record cannot give is not hidden: the calibration used is said to be assumed.
     assert (
@@ -288,10 +298,12 @@ def test_missing_prefetch_is_fetched_from_the_fhir_server(base: str, fhir_server
     answer = post(base, EGFR, body)
     assert answer.status_code == 200, answer.text
     (card,) = answer.json()["cards"]
-    assert card["summary"].startswith("eGFR from creatinine (CKD-EPI): egfr ")
-    assert "| creatinine | 88.4 | umol/L |" in card["detail"]
+    title = KnowledgeObject.from_path(SHELF / "ckd-epi-egfr" / "2.0.0").function("egfr-cr").cds.title
+    assert card["summary"].startswith(f"{title}: egfr ")
+    assert "| creatinine | 88.4 | µmol/L |" in card["detail"]
     paths = sorted(p for p, _ in store.requests)
     assert paths[0].startswith("/fhir/Observation?patient=p1&code=http://loinc.org|2160-0")
+    assert "&_sort=-date&_count=" in paths[0]  # newest first, a bounded page
     assert paths[1] == "/fhir/Patient/p1"
     assert {a for _, a in store.requests} == {"Bearer secret-fhir-token"}
 
@@ -308,7 +320,7 @@ def test_partial_prefetch_fetches_only_the_rest(base: str, fhir_server: tuple[st
 def test_missing_prefetch_without_fhir_server_is_412(base: str) -> None:
     answer = post(base, EGFR, call_body({"patient": patient()}))
     assert answer.status_code == 412
-    assert answer.json()["error"] == "prefetch creatinine missing and no fhirServer to fetch it from"
+    assert answer.json()["detail"] == "prefetch creatinine missing and no fhirServer to fetch it from"
 
 
 def test_fhir_server_without_the_patient_is_412(base: str, fhir_server: tuple[str, _FhirStore]) -> None:
@@ -316,12 +328,14 @@ def test_fhir_server_without_the_patient_is_412(base: str, fhir_server: tuple[st
     store.resources[:] = []
     answer = post(base, EGFR, call_body(fhirServer=url))
     assert answer.status_code == 412
-    assert "answered 404" in answer.json()["error"]
+    # Said without echoing the remote status or URL (they can reveal internal systems).
+    assert answer.json()["detail"] == "could not fetch patient from the FHIR server"
 
 
-def test_unreachable_fhir_server_is_412(base: str) -> None:
+def test_fhir_server_off_the_allow_list_is_412(base: str) -> None:
     answer = post(base, EGFR, call_body(fhirServer=f"http://127.0.0.1:{_free_port()}/fhir"))
     assert answer.status_code == 412
+    assert "not allowed" in answer.json()["detail"]  # another port is another server
 
 
 # -- bad requests ------------------------------------------------------------------------------
@@ -358,13 +372,13 @@ def test_unreachable_fhir_server_is_412(base: str) -> None:
 def test_bad_requests_are_4xx(base: str, body: Any, status: int, message: str) -> None:
     answer = post(base, EGFR, body)
     assert answer.status_code == status
-    assert message in answer.json()["error"]
+    assert message in answer.json()["detail"]
 
 
 def test_order_select_needs_draft_orders(base: str) -> None:
     answer = post(base, f"{EGFR}-order-select", call_body({}, hook="order-select"))
     assert answer.status_code == 400
-    assert "draftOrders" in answer.json()["error"]
+    assert "draftOrders" in answer.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -422,7 +436,7 @@ def test_valid_asymmetric_tokens_are_accepted(base: str, alg: str) -> None:
 def test_bad_tokens_are_401(base: str, kw: dict[str, Any], message: str) -> None:
     answer = _with(base, KFRE, **kw)
     assert answer.status_code == 401
-    assert message in answer.json()["error"]
+    assert message in answer.json()["detail"]
 
 
 def test_alg_none_is_401(base: str) -> None:
@@ -431,7 +445,7 @@ def test_alg_none_is_401(base: str) -> None:
     unsigned = jwt.encode({"iss": ISSUER, "aud": url, "iat": now, "exp": now + 60, "jti": "n"}, None, algorithm="none")
     answer = post(base, KFRE, call_body(kfre_prefetch()), auth=f"Bearer {unsigned}")
     assert answer.status_code == 401
-    assert "'none' is not accepted" in answer.json()["error"]
+    assert "'none' is not accepted" in answer.json()["detail"]
 
 
 def test_replayed_jti_is_401(base: str) -> None:
@@ -440,7 +454,7 @@ def test_replayed_jti_is_401(base: str) -> None:
     assert post(base, KFRE, call_body(kfre_prefetch()), auth=f"Bearer {same}").status_code == 200
     again = post(base, KFRE, call_body(kfre_prefetch()), auth=f"Bearer {same}")
     assert again.status_code == 401
-    assert "replay" in again.json()["error"]
+    assert "replay" in again.json()["detail"]
 
 
 @pytest.mark.parametrize("auth", [None, "Basic abc", "Bearer not-a-jwt"])
@@ -463,7 +477,8 @@ def test_issuer_config_file(tmp_path: Path) -> None:
     config = tmp_path / "cds-issuers.json"
     config.write_text(json.dumps({"issuers": [{"iss": ISSUER, "jwks_file": "keys.json"}], "leeway_s": 5}))
     verifier = JwtVerifier.from_file(config)
-    claims = verifier.verify(token("https://svc.example/cds-services/x"), "https://svc.example/cds-services/x")
+    aud = "https://svc.example/cds-services/x"
+    claims = anyio.run(verifier.verify, token(aud), aud)
     assert claims["iss"] == ISSUER
 
 
@@ -480,15 +495,16 @@ def test_tokens_are_never_logged(base: str, caplog: pytest.LogCaptureFixture) ->
 # -- feedback ----------------------------------------------------------------------------------
 
 
-def test_feedback_is_stored_with_the_ko_version(base: str, hooks: CdsHooks, feedback_file: Path) -> None:
+def test_feedback_is_stored_with_the_ko_version(base: str, hooks: CdsHooks, store_path: Path) -> None:
     (card,) = post(base, KFRE, call_body(kfre_prefetch())).json()["cards"]
     body = {"feedback": [{"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": "2026-11-01T12:00:00Z"}]}
     answer = post(base, KFRE, body, path="/feedback")
     assert answer.status_code == 200, answer.text
     stored = [r for r in hooks.feedback if r["card"] == card["uuid"]]
     assert stored and stored[0]["ko"] == "kfre" and stored[0]["version"] == "1.0.0"
-    lines = [json.loads(line) for line in feedback_file.read_text().splitlines()]
-    assert any(r["card"] == card["uuid"] and r["version"] == "1.0.0" for r in lines)
+    # Persisted: another process opening the same file reads it.
+    reopened = [r for r in CdsStore(store_path).feedback() if r["card"] == card["uuid"]]
+    assert reopened == stored
 
 
 def test_bad_feedback_is_400_and_unauthenticated_is_401(base: str) -> None:
@@ -518,7 +534,7 @@ def test_issuer_jwks_from_a_url() -> None:
         url = f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
         verifier = JwtVerifier([TrustedIssuer(ISSUER, jwks_url=url)])
         aud = "https://svc.example/cds-services/x"
-        assert verifier.verify(token(aud, alg="RS384", kid="rsa1"), aud)["iss"] == ISSUER
+        assert anyio.run(verifier.verify, token(aud, alg="RS384", kid="rsa1"), aud)["iss"] == ISSUER
     finally:
         server.shutdown()
         server.server_close()
@@ -544,7 +560,7 @@ def test_plco_card_from_a_full_record_has_the_direct_risk(plco_base: str) -> Non
     (card,) = post(plco_base, PLCO, call_body(prefetch), auth=None).json()["cards"]
     assert f"risk_6y {risk * 100:.1f} %" in card["summary"]
     assert card["indicator"] == "warning"  # above the 1.51 % screening threshold
-    assert "| cigarettes_per_day | 1.5 | {pack}/d |" in card["detail"]
+    assert "| cigarettes_per_day | 1.5 | packs/day |" in card["detail"]
     assert "FamilyMemberHistory/f1" in card["detail"]
 
 
@@ -579,5 +595,5 @@ def test_bad_data_in_a_full_prefetch_is_a_card_or_400(
 ) -> None:
     answer = post(plco_base, PLCO, call_body(plco_resources(when=_days_ago(10)) | override), auth=None)
     assert answer.status_code == status
-    text = answer.json()["cards"][0]["detail"] if status == 200 else answer.json()["error"]
+    text = answer.json()["cards"][0]["detail"] if status == 200 else answer.json()["detail"]
     assert expected in text

@@ -24,7 +24,7 @@ from fhir_data import (
     us_core_patient,
 )
 
-from kgrid_py.fhir import FhirData, FhirDataError, map_inputs, prefetch_templates
+from kgrid_py.fhir import PAGE_SIZE, FhirData, FhirDataError, map_inputs, prefetch_templates
 from kgrid_py.ko import KnowledgeObject
 
 SHELF = Path(__file__).resolve().parent.parent / "knowledge_objects"
@@ -267,9 +267,11 @@ def test_malformed_fhir_is_refused(item: object, message: str) -> None:
 def test_prefetch_templates_come_from_the_bindings(kfre: KnowledgeObject) -> None:
     templates = prefetch_templates(kfre.function("four-variable"))
     assert templates["patient"] == "Patient/{{context.patientId}}"
+    uacr = next(f for f in kfre.function("four-variable").inputs if f.name == "uacr")
+    codes = ",".join(f"{c.system}|{c.code}" for c in uacr.fhir.codes)
+    # Newest first and a bounded page: an EHR that pages still gives the latest value on page one.
     assert templates["uacr"] == (
-        "Observation?patient={{context.patientId}}"
-        "&code=http://loinc.org|9318-7,http://loinc.org|14959-1,http://loinc.org|32294-1"
+        f"Observation?patient={{{{context.patientId}}}}&code={codes}&_sort=-date&_count={PAGE_SIZE}"
     )
     assert set(templates) == {"patient", "egfr", "uacr"}
 
