@@ -15,7 +15,10 @@ was and no partial file behind.
 
 Columns map to inputs by name, or explicitly with ``mapping={"column": "input"}``. A unit for a
 column or input (``units={"creatinine": "umol/L"}``) converts its values into the declared unit.
-A null cell in an optional input takes the input's default.
+A null cell in an optional input takes the input's default. Columns are resolved as
+:meth:`KnowledgeObject.call_batch` resolves them (:mod:`kgrid_py.columns`), and row errors name
+the file's columns and units. CSV cells are text: inputs are converted by the KO's types, kept
+columns are typed from the whole column (see :class:`_CsvReader`).
 """
 
 from __future__ import annotations
@@ -274,17 +277,30 @@ class BatchScorer:
                 self.mapping[key] = name
                 self.defaults[key] = float(f.default) if f.type in ("number", "integer") else f.default
         self.needed = list(dict.fromkeys([*self.keep, *self.column_for.values()]))
-        fields = [schema.field(name) for name in self.keep]
-        for out in self.outputs:
-            fields.append(pa.field(out.name, _output_type(out)))
-        fields.append(pa.field("error", pa.string()))
-        fields.append(pa.field("warnings", pa.string() if warnings_as_text else pa.list_(pa.string())))
-        self.output_schema = pa.schema(fields)
+        self.input_schema = schema
+        self.keep_types: dict[str, pa.DataType] = {}
+        self.null_text: pa.Array | None = None
+        self.output_schema = self._output_schema()
         # Let the library reject anything else (units it cannot convert) before a row is read.
         try:
             ko.call_batch(function, {key: [] for key in self.mapping}, mapping=self.mapping, units=self.units)
         except InputError as exc:
             raise MappingError(f"{ko.ref} {function}: {exc}") from None
+
+    def read_text(self, keep_types: Mapping[str, pa.DataType], null_text: Sequence[str]) -> None:
+        """For a text source (CSV): write kept columns as ``keep_types``; ``null_text`` cells of inputs are missing."""
+        self.keep_types = {name: keep_types[name] for name in self.keep if name in keep_types}
+        self.null_text = pa.array(list(null_text), type=pa.string()) if null_text else None
+        self.output_schema = self._output_schema()
+
+    def _output_schema(self) -> pa.Schema:
+        fields = [self.input_schema.field(name) for name in self.keep]
+        fields = [f.with_type(self.keep_types[f.name]) if f.name in self.keep_types else f for f in fields]
+        for out in self.outputs:
+            fields.append(pa.field(out.name, _output_type(out)))
+        fields.append(pa.field("error", pa.string()))
+        fields.append(pa.field("warnings", pa.string() if self.warnings_as_text else pa.list_(pa.string())))
+        return pa.schema(fields)
 
     def score(self, batch: pa.RecordBatch | pa.Table, row_errors: Sequence[str | None] | None = None) -> pa.RecordBatch:
         """Score one batch; ``row_errors`` marks rows the reader already knows are broken."""
@@ -299,7 +315,10 @@ class BatchScorer:
                     errors[row] = message
         error_array = pa.array(errors, type=pa.string())
         failed = error_array.is_valid().to_numpy(zero_copy_only=False)
-        arrays: list[pa.Array] = [_as_array(batch.column(name)) for name in self.keep]
+        arrays: list[pa.Array] = []
+        for name in self.keep:
+            kept = _as_array(batch.column(name))
+            arrays.append(kept.cast(self.keep_types[name]) if name in self.keep_types else kept)
         for out in self.outputs:
             arrays.append(_output_array(out, result[out.name], failed))
         arrays.append(error_array)
@@ -328,6 +347,8 @@ class BatchScorer:
         column = _as_array(column)
         if pa.types.is_dictionary(column.type):
             column = column.dictionary_decode()
+        if self.null_text is not None and pa.types.is_string(column.type):
+            column = pc.if_else(pc.is_in(column, value_set=self.null_text), pa.scalar(None, pa.string()), column)
         kind = spec.type
         if kind in ("number", "integer"):
             values = _numbers(column)
@@ -456,6 +477,11 @@ class _Reader:
 
     columns: list[str]
     schema: pa.Schema
+    text = False  # a text source (CSV): every cell is read as a string
+
+    def keep_types(self, names: list[str]) -> dict[str, pa.DataType]:
+        """Types for kept columns of a text source (see :func:`_text_type`); none for typed sources."""
+        return {}
 
     def batches(self, needed: list[str]) -> Iterator[tuple[pa.RecordBatch, list[str | None] | None]]:
         raise NotImplementedError
@@ -490,7 +516,15 @@ class _ParquetReader(_Reader):
 
 
 class _CsvReader(_Reader):
-    """Every column is read as text, so a stray value fails its row, not the file."""
+    """Every column is read as text, so a stray value fails its row, not the file.
+
+    Scored inputs are converted by the KO's declared types, row by row; in them the usual
+    missing-value spellings (``NA``, ``NULL``, ``NaN``, ``#N/A``, ...: :data:`CSV_NULLS`) are
+    missing. Kept columns are typed by :meth:`keep_types` from the whole column, and in them only
+    an empty cell is missing (an id ``NA`` stays the text ``NA``).
+    """
+
+    text = True
 
     def __init__(self, path: Path, batch_size: int, delimiter: str) -> None:
         self.path = path
@@ -526,11 +560,7 @@ class _CsvReader(_Reader):
             stream,
             read_options=pacsv.ReadOptions(block_size=block),
             parse_options=self._parse_options(),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=needed,
-                column_types={name: pa.string() for name in needed},
-                strings_can_be_null=True,
-            ),
+            convert_options=self._text_options(needed),
         )
         try:
             for batch in reader:
@@ -543,6 +573,31 @@ class _CsvReader(_Reader):
         finally:
             stream.close()
 
+    def _text_options(self, names: list[str]) -> pacsv.ConvertOptions:
+        return pacsv.ConvertOptions(
+            include_columns=names,
+            column_types={name: pa.string() for name in names},
+            null_values=[""],
+            strings_can_be_null=True,
+        )
+
+    def keep_types(self, names: list[str]) -> dict[str, pa.DataType]:
+        """One pass over the kept columns alone (streaming, bounded memory) to type each as a whole."""
+        if not names:
+            return {}
+        state = {name: _TextType() for name in names}
+        stream = self._stream()
+        try:
+            options = self._text_options(names)
+            for batch in pacsv.open_csv(stream, parse_options=self._parse_options(), convert_options=options):
+                for name, kind in state.items():
+                    kind.update(batch.column(name))
+        except pa.ArrowInvalid as exc:
+            raise ScoringError(f"{self.path}: {exc}") from None
+        finally:
+            stream.close()
+        return {name: kind.type() for name, kind in state.items()}
+
     def _bytes_per_row(self) -> int:
         opener = gzip.open if self.path.suffix.lower() == ".gz" else open
         with opener(self.path, "rb") as f:
@@ -554,6 +609,48 @@ class _CsvReader(_Reader):
         if self.estimated_rows is None:
             return None
         return min(self.done / self.estimated_rows, 0.99)
+
+
+CSV_NULLS = tuple(v for v in pacsv.ConvertOptions().null_values if v)  # Arrow's own list, less ""
+_INTEGER_TEXT = r"^(0|-?[1-9][0-9]*)$"  # no sign on 0, no leading zeros: "007" is a label
+_DECIMAL_TEXT = r"^-?(0|[1-9][0-9]*)(\.[0-9]*[1-9])?([eE][-+]?[0-9]+)?$"  # no trailing zeros either
+_MAX_EXACT_DIGITS = 15  # a decimal of at most 15 significant digits survives float64 exactly
+
+
+@dataclass
+class _TextType:
+    """What every non-empty cell of a kept text column seen so far could be; see :meth:`type`."""
+
+    integer: bool = True
+    decimal: bool = True
+    seen: bool = False
+
+    def update(self, column: pa.Array) -> None:
+        cells = column.drop_null()
+        if len(cells) == 0:
+            return
+        self.seen = True
+        if self.integer:
+            self.integer = bool(pc.all(pc.match_substring_regex(cells, _INTEGER_TEXT)).as_py())
+            if self.integer:
+                try:
+                    cells.cast(pa.int64())
+                except pa.ArrowInvalid:  # beyond int64
+                    self.integer = False
+        if self.decimal:
+            self.decimal = bool(pc.all(pc.match_substring_regex(cells, _DECIMAL_TEXT)).as_py())
+            if self.decimal:
+                digits = pc.utf8_length(pc.utf8_trim(pc.replace_substring_regex(cells, r"[eE].*$|[-.]", ""), "0"))
+                self.decimal = pc.max(digits).as_py() <= _MAX_EXACT_DIGITS
+
+    def type(self) -> pa.DataType:
+        """int64 if every cell is written as an integer (``"007"`` is not: its zeros would be lost)
+        and fits; float64 if every cell is a plain decimal float64 holds exactly; else the text."""
+        if self.seen and self.integer:
+            return pa.int64()
+        if self.seen and self.decimal:
+            return pa.float64()
+        return pa.string()
 
 
 class _JsonLinesReader(_Reader):
@@ -748,6 +845,8 @@ def score_file(
         )
         if out_fmt == "csv" and any(o.type == "tensor" for o in scorer.outputs):
             raise MappingError(f"{ko.ref} {function} has tensor outputs; write Parquet, not CSV")
+        if reader.text:
+            scorer.read_text(reader.keep_types(scorer.keep), CSV_NULLS)
         writer = _Writer(target, out_fmt, scorer.output_schema)
         try:
             for batch, row_errors in reader.batches(scorer.needed):
