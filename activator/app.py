@@ -9,7 +9,7 @@ and, with ``watch``, polls the shelf and reloads when a KO folder changes.
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -22,18 +22,22 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Scope
 
 from activator import oip, routes_kgrid
 from activator.dispatch import Dispatcher
 from activator.docs import docs_page
 from activator.http import State, json_response, parse_json, read_body, state_of
+from activator.logs import RateLimited, SafeFormatter
 from activator.metrics import CONTENT_TYPE_LATEST, Metrics
 from activator.middleware import RequestContext
 from activator.openapi import combined_spec
 from activator.problems import Problem, exception_handlers
-from activator.publishing import Publishing, reload_everywhere
+from activator.publishing import Publishing
 from activator.registry import Registry, Snapshot
+from activator.reloading import catch_up, reload, reload_everywhere
 from activator.settings import Settings
+from activator.workers import Generations
 from kgrid_py.runtime import RuntimeSettings
 
 __all__ = ["app_from_env", "configure_logging", "create_app"]
@@ -85,8 +89,12 @@ async def openapi(request: Request) -> Response:
 async def admin_reload(request: Request) -> Response:
     state = state_of(request)
     # --admin-token, or a token with the admin role (--tokens); the other workers reload too.
-    request.app.state.publishing.authorize_reload(request, state.settings.admin_token)
-    return json_response(_loaded(await reload_everywhere(state)))
+    actor = request.app.state.publishing.authorize_reload(request, state.settings.admin_token)
+    snapshot = await reload_everywhere(state)
+    await request.app.state.publishing.audit(
+        state, action="reload", outcome="reloaded", actor=actor, generation=snapshot.generation
+    )
+    return json_response(_loaded(snapshot))
 
 
 def _loaded(snapshot: Snapshot) -> dict[str, Any]:
@@ -107,40 +115,26 @@ async def bench_echo(request: Request) -> Response:
 # -- loading and watching ----------------------------------------------------------------------------
 
 
-async def reload(state: State) -> Any:
-    snapshot = await anyio.to_thread.run_sync(state.registry.reload)
-    # Loaded KOs are long-lived: keep them out of the collector's full passes, which otherwise
-    # stall requests for tens of milliseconds (p99 at concurrency 32 fell from ~50 ms to ~15 ms).
-    # Unfreezing first lets the collection free what the previous snapshot no longer needs.
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    served = sum(1 for _ in snapshot.served())
-    state.metrics.served.set(served)
-    state.metrics.failed.set(len(snapshot.failed))
-    state.metrics.generation.set(snapshot.generation)
-    return snapshot
-
-
 async def _load_then_watch(state: State) -> None:
     settings = state.settings
-    signal = settings.reload_signal
-    last_signal = _read(signal)  # before loading: a reload signalled meanwhile is then not missed
     seen = await anyio.to_thread.run_sync(state.registry.signature)
     try:
-        await reload(state)
+        await catch_up(state, force=True)
     except Exception:
         log.exception("could not load the shelf %s", settings.shelf)
-    while settings.watch or signal is not None:
-        await anyio.sleep(settings.watch_interval)
+    if not settings.watch and state.generations is None:
+        return
+    # Another worker's reload is followed within ~50 ms even without requests (a request catches
+    # up at once by itself); the shelf's own files are compared every watch_interval.
+    tick = min(settings.watch_interval, 0.05) if state.generations is not None else settings.watch_interval
+    next_scan = anyio.current_time() + settings.watch_interval
+    while True:
+        await anyio.sleep(tick)
         try:
-            current_signal = _read(signal)
-            if current_signal != last_signal:
-                last_signal = current_signal
-                await reload(state)
+            await catch_up(state)
+            if not settings.watch or anyio.current_time() < next_scan:
                 continue
-            if not settings.watch:
-                continue
+            next_scan = anyio.current_time() + settings.watch_interval
             now = await anyio.to_thread.run_sync(state.registry.signature)
             if now == seen:
                 continue
@@ -156,14 +150,18 @@ async def _load_then_watch(state: State) -> None:
             log.exception("watching the shelf %s failed", settings.shelf)
 
 
-def _read(path: Any) -> str | None:
-    if path is None:
-        return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            return file.read()
-    except OSError:
-        return None
+def _quiet_loop_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log the event loop's recurring errors (accept() out of file descriptors: one per second
+    with a traceback each, for as long as it lasts) once per interval, with a count."""
+    rate_limited = RateLimited(log, interval=10.0)
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "event loop error")
+        exc = context.get("exception")
+        detail = f"{message}: {type(exc).__name__}: {exc}" if exc is not None else message
+        rate_limited(message, logging.ERROR, "%s", detail)
+
+    loop.set_exception_handler(handler)
 
 
 # -- the app -------------------------------------------------------------------------------------------
@@ -172,7 +170,7 @@ def _read(path: Any) -> str | None:
 def create_app(settings: Settings | None = None) -> Starlette:
     """The activator as an ASGI app over ``settings.shelf``."""
     settings = settings or Settings.from_env()
-    metrics_ = Metrics()
+    metrics_ = Metrics(settings.metrics_dir)
     publishing = Publishing(settings)
 
     @asynccontextmanager
@@ -183,7 +181,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             registry=Registry(settings.shelf, runtime, verify_vectors=settings.verify_vectors),
             metrics=metrics_,
             dispatcher=Dispatcher(settings.inference_threads),
+            generations=_generations(settings),
         )
+        _quiet_loop_errors(asyncio.get_running_loop())
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_load_then_watch, state)
@@ -191,6 +191,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 tasks.cancel_scope.cancel()
         finally:
             state.dispatcher.close()
+            metrics_.close()
 
     routes = [
         # The call routes first: they are the hot path, and every route tried before costs a regex
@@ -211,7 +212,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContext, metrics=metrics_, access_log=settings.access_log)],
+        middleware=[
+            Middleware(
+                RequestContext,
+                metrics=metrics_,
+                access_log=settings.access_log,
+                body_timeout=settings.body_timeout,
+                before=_follow_generation,
+            )
+        ],
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         lifespan=lifespan,
     )
@@ -220,6 +229,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if isinstance(route, routes_kgrid.KORoute):
             route.siblings = app.router.routes  # the live list: routes added later are seen too
     return app
+
+
+def _generations(settings: Settings) -> Generations | None:
+    if settings.generation_file is None or settings.workers_dir is None:
+        return None
+    return Generations(settings.generation_file, settings.workers_dir)
+
+
+async def _follow_generation(scope: Scope) -> None:
+    """Before each request: catch up with a reload another worker made (one ``stat`` when none)."""
+    state = scope.get("state", {}).get("activator")
+    if state is not None and state.generations is not None and state.registry.ready:
+        await catch_up(state)
 
 
 def _served_kos(request: Any) -> list[Any]:
@@ -247,7 +269,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     logger = logging.getLogger("activator")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False

@@ -97,6 +97,41 @@ __all__ = ["serve"]
     default=None,
     help="Where a manifest URL given as SHELF is synced (default: $KGRID_CACHE, else ~/.cache/kgrid-py).",
 )
+@click.option(
+    "--max-batch-rows",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most items in one batch (a JSON array, or an OIP tensor's rows); more is a 413.",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds a connection has to send a request's headers (from connecting or from the last response).",
+)
+@click.option(
+    "--body-timeout",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds a request has to send its whole body (else 408), and a client to read a response.",
+)
+@click.option(
+    "--keep-alive-timeout",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds an idle keep-alive connection stays open.",
+)
+@click.option(
+    "--limit-concurrency",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Connections and requests one worker holds at once: past it requests get 503 and new connections are closed.",
+)
 @click.option("--bench-echo", is_flag=True, hidden=True, help="Serve /_bench/echo for the HTTP benchmark.")
 def serve(
     shelf: Path,
@@ -121,6 +156,11 @@ def serve(
     trust_dir: Path | None,
     max_archive_bytes: int,
     cache_dir: Path | None,
+    max_batch_rows: int,
+    header_timeout: float,
+    body_timeout: float,
+    keep_alive_timeout: float,
+    limit_concurrency: int,
     bench_echo: bool,
 ) -> None:
     """Serve every KO version on SHELF over HTTP (default: $KGRID_SHELF, else ./knowledge_objects).
@@ -141,7 +181,6 @@ def serve(
         shelf_path = Path(shelf)
     if not shelf_path.is_dir():
         raise click.BadParameter(f"no shelf folder at {shelf}", param_hint="SHELF")
-    signal = Path(tempfile.mkdtemp(prefix="kgrid-serve-")) / "reload" if workers > 1 else None
     settings = Settings(
         shelf=shelf_path.resolve(),
         admin_token=admin_token,
@@ -151,7 +190,6 @@ def serve(
         watch=watch,
         watch_interval=watch_interval,
         verify_vectors=verify_vectors,
-        reload_signal=signal,
         bench_echo=bench_echo,
         access_log=access_log,
         cds_issuers=cds_issuers.resolve() if cds_issuers else None,
@@ -163,6 +201,12 @@ def serve(
         require_signature=require_signature,
         trust_dir=trust_dir.resolve() if trust_dir else None,
         max_archive_bytes=max_archive_bytes,
+        max_batch_rows=max_batch_rows,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        keep_alive_timeout=keep_alive_timeout,
+        limit_concurrency=_fit_descriptors(limit_concurrency),
+        **_worker_state(workers, shelf_path.resolve()),
     )
     os.environ[ENV_VAR] = settings.to_env()  # worker processes read their settings from here
     configure_logging()
@@ -175,10 +219,51 @@ def serve(
         workers=workers,
         access_log=False,  # the activator logs each request itself, with its request id
         log_level="info",
+        # Deadlines and the connection cap uvicorn lacks (activator.protocol), and its own ones.
+        http="activator.protocol:GuardedH11Protocol",
+        timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type] - call_later takes a float
+        limit_concurrency=settings.limit_concurrency,
         # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).
         proxy_headers=bool(forwarded_allow_ips),
         forwarded_allow_ips=forwarded_allow_ips or "",
     )
+
+
+def _worker_state(workers: int, shelf: Path) -> dict[str, Path]:
+    """With several workers: where they share their metrics, and the shelf generation they follow."""
+    if workers == 1:
+        return {}
+    run_dir = Path(tempfile.mkdtemp(prefix="kgrid-serve-"))
+    metrics_dir = run_dir / "metrics"
+    metrics_dir.mkdir()
+    # prometheus_client reads this when a worker process imports it: set before the workers start.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    generation = shelf / ".kgrid" / "generation"
+    return {"metrics_dir": metrics_dir, "workers_dir": run_dir / "workers", "generation_file": generation}
+
+
+def _fit_descriptors(limit: int) -> int:
+    """Raise the open-files limit to fit ``limit`` connections (plus the shelf's models and logs);
+    where the hard limit does not allow it, lower ``limit`` instead, so accept() never runs out."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return limit
+    reserve = 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = limit + reserve
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        fitted = max(1, soft - reserve) if soft > 2 * reserve else max(1, soft // 2)
+        click.echo(f"--limit-concurrency {limit} lowered to {fitted}: only {soft} files may be open", err=True)
+        return fitted
+    return limit
 
 
 def _public_url(url: str | None, host: str, port: int) -> str:

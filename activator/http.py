@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.requests import Request
@@ -15,6 +17,7 @@ from activator.metrics import Metrics
 from activator.problems import Problem
 from activator.registry import Registry
 from activator.settings import Settings
+from activator.workers import Generations
 
 __all__ = ["State", "json_response", "parse_json", "read_body", "require_json", "state_of"]
 
@@ -27,6 +30,10 @@ class State:
     registry: Registry
     metrics: Metrics
     dispatcher: Dispatcher
+    # --workers N: the shared shelf generation, the one this worker serves, and one reload at a time.
+    generations: Generations | None = None
+    applied: int = 0
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 def state_of(request: Request) -> State:
@@ -77,12 +84,36 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# A \uD800-\uDFFF escape: JSON allows it, but alone (not as half of a pair) it is no character, and
+# every later encode (a response, a log line, a database) would fail on it.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether any string (key or value) in parsed JSON holds a lone surrogate."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def parse_json(body: bytes) -> Any:
-    """Strict JSON (no NaN/Infinity, no duplicate keys): a 400 problem naming what is wrong, never an exception."""
+    """Strict JSON (no NaN/Infinity, no duplicate keys, no lone surrogates): a 400 problem naming what is
+    wrong, never an exception."""
     if not body.strip():
         raise Problem(400, "the body is empty; send a JSON object of inputs, or an array of them")
     try:
-        return json.loads(
+        value = json.loads(
             body.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int, object_pairs_hook=_unique_keys
         )
     except UnicodeDecodeError:
@@ -93,6 +124,11 @@ def parse_json(body: bytes) -> Any:
         raise Problem(400, f"malformed JSON: {exc}") from None
     except RecursionError:
         raise Problem(400, "malformed JSON: nested too deeply") from None
+    # Only a body with a surrogate escape can hold one (pairs are joined by json.loads): the walk is
+    # skipped on every ordinary request.
+    if _SURROGATE_ESCAPE.search(body) and _lone_surrogate(value):
+        raise Problem(400, "malformed JSON: a string holds a lone UTF-16 surrogate (\\uD800-\\uDFFF): not text")
+    return value
 
 
 def json_response(
@@ -103,7 +139,11 @@ def json_response(
         text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except ValueError:
         text = json.dumps(_finite(content), ensure_ascii=False, separators=(",", ":"))
-    return Response(text, status_code=status, headers=headers, media_type=media_type)
+    try:
+        body = text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate that got past parsing: \u escapes are still JSON
+        body = json.dumps(_finite(content), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return Response(body, status_code=status, headers=headers, media_type=media_type)
 
 
 def _finite(value: Any) -> Any:

@@ -24,11 +24,12 @@ from starlette.routing import Route
 from activator.http import json_response, parse_json, read_body, state_of
 from activator.problems import Problem
 from activator.registry import Snapshot
-from activator.routes_kgrid import resolve_entry, servable, snapshot_of
+from activator.routes_kgrid import resolve_entry, servable, snapshot_of, version_headers
 from kgrid_py import __version__
 from kgrid_py.errors import InputError
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.metadata import FieldSpec, FunctionSpec, OutputSpec
+from kgrid_py.shelf import ShelfEntry
 
 __all__ = ["routes"]
 
@@ -73,7 +74,11 @@ def _shape(spec: FieldSpec | OutputSpec) -> list[int]:
     return [-1, *(spec.shape or [])] if spec.type == "tensor" else [-1]
 
 
-def _model(request: Request) -> tuple[Snapshot, KnowledgeObject, str]:
+def _infer_address(entry: ShelfEntry, endpoint: str) -> str:
+    return f"/v2/models/{entry.ko_id}.{endpoint}/versions/{entry.version}/infer"
+
+
+def _model(request: Request) -> tuple[Snapshot, ShelfEntry, KnowledgeObject, str]:
     """The KO and function a model name (and optional version) names; OIP errors otherwise."""
     snapshot = snapshot_of(request)
     name = request.path_params["name"]
@@ -94,7 +99,7 @@ def _model(request: Request) -> tuple[Snapshot, KnowledgeObject, str]:
         raise
     if endpoint not in ko.functions:
         raise Problem(404, f"{ko.ref} has no endpoint {endpoint!r}", error=f"no model {name!r}", available=ko.functions)
-    return snapshot, ko, endpoint
+    return snapshot, entry, ko, endpoint
 
 
 async def server_metadata(request: Request) -> Response:
@@ -111,9 +116,10 @@ async def ready(request: Request) -> Response:
 
 
 async def model_metadata(request: Request) -> Response:
-    snapshot, ko, endpoint = _model(request)
+    snapshot, entry, ko, endpoint = _model(request)
     spec = ko.function(endpoint)
     versions = [e.version for e, _ in snapshot.served() if e.ko_id == ko.id]
+    headers = version_headers(request, snapshot, entry, _infer_address, endpoint)
     return json_response(
         {
             "name": f"{ko.id}.{endpoint}",
@@ -121,13 +127,14 @@ async def model_metadata(request: Request) -> Response:
             "platform": "kgrid_onnx",
             "inputs": [{"name": f.name, "datatype": _input_datatype(f), "shape": _shape(f)} for f in spec.inputs],
             "outputs": [{"name": o.name, "datatype": _output_datatype(o), "shape": _shape(o)} for o in spec.outputs],
-        }
+        },
+        headers=headers,
     )
 
 
 async def model_ready(request: Request) -> Response:
-    _model(request)
-    return Response(status_code=200)
+    snapshot, entry, _, endpoint = _model(request)
+    return Response(status_code=200, headers=version_headers(request, snapshot, entry, _infer_address, endpoint))
 
 
 # -- infer ---------------------------------------------------------------------------------------
@@ -189,7 +196,9 @@ def _decode_bytes(raw: bytes) -> list[str]:
     return out
 
 
-def _columns(spec: FunctionSpec, request_json: dict[str, Any], binary: bytes) -> tuple[dict[str, Any], int]:
+def _columns(
+    spec: FunctionSpec, request_json: dict[str, Any], binary: bytes, max_rows: int
+) -> tuple[dict[str, Any], int]:
     """Input tensors as the columns ``call_batch`` takes, checked against the function."""
     fields = {f.name: f for f in spec.inputs}
     columns: dict[str, Any] = {}
@@ -199,6 +208,8 @@ def _columns(spec: FunctionSpec, request_json: dict[str, Any], binary: bytes) ->
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise _oip_problem(400, "each input is an object with name, shape, datatype and data")
         name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+        if not isinstance(datatype, str):  # a list or an object would not even be hashable
+            raise _oip_problem(400, f"input {name!r} needs a datatype: a string such as FP64 or BYTES")
         field = fields.get(name)
         if field is None:
             raise _oip_problem(400, f"unexpected input {name!r}; inputs are {', '.join(fields)}")
@@ -208,6 +219,13 @@ def _columns(spec: FunctionSpec, request_json: dict[str, Any], binary: bytes) ->
             raise _oip_problem(400, f"input {name!r} has datatype {datatype!r}; expected {_input_datatype(field)}")
         if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise _oip_problem(400, f"input {name!r} needs a shape: a list of non-negative integers")
+        if shape[0] > max_rows:
+            raise Problem(
+                413,
+                f"input {name!r} has {shape[0]} rows; this server scores at most {max_rows} per request",
+                error=f"batch over {max_rows} rows",
+                max_batch_rows=max_rows,
+            )
         item_shape = list(field.shape or []) if field.type == "tensor" else []
         if shape[1:] != item_shape:
             raise _oip_problem(400, f"input {name!r} has shape {shape}; expected {[-1, *item_shape]}")
@@ -277,11 +295,11 @@ def _encode(spec: OutputSpec, column: np.ndarray, binary: bool) -> tuple[dict[st
 
 async def infer(request: Request) -> Response:
     state = state_of(request)
-    _, ko, endpoint = _model(request)
+    snapshot, entry, ko, endpoint = _model(request)
     spec = ko.function(endpoint)
     body = await read_body(request, state.settings.max_body_bytes)
     request_json, binary = _split_body(request, body)
-    columns, rows = _columns(spec, request_json, binary)
+    columns, rows = _columns(spec, request_json, binary, state.settings.max_batch_rows)
     wanted = request_json.get("outputs")
     outputs = {o.name: o for o in spec.outputs}
     parameters = request_json.get("parameters") if isinstance(request_json.get("parameters"), dict) else {}
@@ -291,7 +309,7 @@ async def infer(request: Request) -> Response:
         chosen = [(o, binary_all) for o in spec.outputs]
     elif isinstance(wanted, list):
         for item in wanted:
-            if not isinstance(item, dict) or item.get("name") not in outputs:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) or item["name"] not in outputs:
                 raise _oip_problem(400, f"unknown output {item!r}; outputs are {', '.join(outputs)}")
             params = item.get("parameters") if isinstance(item.get("parameters"), dict) else {}
             chosen.append((outputs[item["name"]], bool(params.get("binary_data", binary_all))))
@@ -319,16 +337,15 @@ async def infer(request: Request) -> Response:
         answer["id"] = request_json["id"]
     warnings = [f"row {i}: {w}" for i, row in enumerate(batch.warnings) for w in row]
     answer["parameters"] = {"content_digest": ko.content_digest, "request_id": request.scope.get("request_id", "")}
-    if warnings:
-        answer["parameters"]["warnings"] = "; ".join(warnings)
+    if warnings:  # the first 20, like the errors: one warning per row would outgrow the request
+        more = f"; and {len(warnings) - 20} more" if len(warnings) > 20 else ""
+        answer["parameters"]["warnings"] = "; ".join(warnings[:20]) + more
+    headers = version_headers(request, snapshot, entry, _infer_address, endpoint)
     if not buffers:
-        return json_response(answer)
+        return json_response(answer, headers=headers)
     head = json.dumps(answer, separators=(",", ":"), allow_nan=True).encode()
-    return Response(
-        head + b"".join(buffers),
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(head))},
-    )
+    headers["Inference-Header-Content-Length"] = str(len(head))
+    return Response(head + b"".join(buffers), media_type="application/octet-stream", headers=headers)
 
 
 routes = [

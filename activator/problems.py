@@ -9,20 +9,33 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from activator.logs import printable
 from kgrid_py.errors import FieldError
 
-__all__ = ["PROBLEM_TYPE", "Problem", "exception_handlers", "problem_response"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "PROBLEM_TYPE",
+    "Problem",
+    "exception_handlers",
+    "problem_body",
+    "problem_response",
+    "without_paths",
+]
 
 PROBLEM_TYPE = "https://kgrid-py.org/problems/"
 MEDIA_TYPE = "application/problem+json"
 
 log = logging.getLogger("activator")
+
+# nginx's "client closed request": not an HTTP status anyone receives, only what logs and metrics say.
+CLIENT_CLOSED = 499
 
 _TITLES = {
     400: "Malformed request",
@@ -31,6 +44,7 @@ _TITLES = {
     404: "Not found",
     405: "Method not allowed",
     406: "Not acceptable",
+    408: "Request timeout",
     410: "Gone",
     413: "Request body too large",
     415: "Unsupported media type",
@@ -45,6 +59,7 @@ _SLUGS = {
     404: "not-found",
     405: "method-not-allowed",
     406: "not-acceptable",
+    408: "request-timeout",
     410: "retired",
     413: "body-too-large",
     415: "unsupported-media-type",
@@ -52,6 +67,17 @@ _SLUGS = {
     500: "internal-error",
     503: "unavailable",
 }
+
+
+# An absolute path (two or more segments, not part of a word such as mL/min): the server's folders
+# are nobody's business, so a message keeps only the file's name.
+_SERVER_PATH = re.compile(r"(?<![\w.~{}])/(?:[^/\s'\"`:;,()<>]+/)+([^/\s'\"`:;,()<>]*)")
+
+
+def without_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last part (``/srv/shelf/.kgrid/staging/ab/metadata.json``
+    becomes ``metadata.json``): for messages built from library errors that name server files."""
+    return _SERVER_PATH.sub(r"\1", text)
 
 
 class Problem(Exception):
@@ -63,7 +89,7 @@ class Problem(Exception):
         detail: str,
         *,
         headers: dict[str, str] | None = None,
-        errors: list[FieldError] | None = None,
+        errors: list[FieldError] | list[dict[str, str]] | None = None,
         **extensions: Any,
     ) -> None:
         super().__init__(detail)
@@ -72,7 +98,7 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extensions = extensions
         if errors is not None:
-            self.extensions["errors"] = [e.as_dict() for e in errors]
+            self.extensions["errors"] = [e if isinstance(e, dict) else e.as_dict() for e in errors]
 
     def body(self, request_id: str | None, instance: str | None) -> dict[str, Any]:
         return problem_body(self.status, self.detail, request_id, instance, **self.extensions)
@@ -98,9 +124,11 @@ def problem_body(
 def problem_response(request: Request, problem: Problem) -> Response:
     request_id = request.scope.get("request_id")
     body = problem.body(request_id, request.url.path)
-    return Response(
-        json.dumps(body, ensure_ascii=False), status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE
-    )
+    try:
+        text = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate echoed from the request: escape it instead of failing
+        text = json.dumps(body).encode("ascii")
+    return Response(text, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
@@ -126,13 +154,22 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     request_id = request.scope.get("request_id")
-    log.error("request %s failed: %s %s", request_id, request.method, request.url.path, exc_info=exc)
+    method, path = printable(request.method), printable(request.url.path)
+    log.error("request %s failed: %s %s", request_id, method, path, exc_info=exc)
     problem = Problem(500, f"an unexpected error occurred; it has been logged under request id {request_id}")
     return problem_response(request, problem)
 
 
+async def _on_client_gone(request: Request, exc: Exception) -> Response:
+    """The client hung up before its body arrived: nobody to answer, nothing broken (no ERROR, no 500)."""
+    request_id = request.scope.get("request_id")
+    log.info("request %s: the client closed the connection before sending its whole body", request_id)
+    return Response(status_code=CLIENT_CLOSED)
+
+
 exception_handlers = {
     Problem: _on_problem,
+    ClientDisconnect: _on_client_gone,
     HTTPException: _on_http_exception,
     Exception: _on_unexpected,
 }

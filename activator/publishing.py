@@ -48,10 +48,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from activator.http import State, json_response, parse_json, read_body, require_json, state_of
-from activator.problems import Problem
+from activator.problems import Problem, without_paths
+from activator.reloading import reload_everywhere
 from activator.settings import Settings
 from kgrid_py.archive import ArchiveLimits
-from kgrid_py.audit import STATE_DIR
+from kgrid_py.audit import STATE_DIR, append_audit, audit_path
 from kgrid_py.curator_errors import (
     ArchiveDigestMismatch,
     Forbidden,
@@ -94,6 +95,9 @@ class Publishing:
             self.tokens = TokenStore.from_env()
             self.configured = bool(os.environ.get("KGRID_TOKENS_FILE") or os.environ.get("KGRID_TOKENS"))
         self.policy = publish_policy(settings.require_signature, settings.trust_dir, settings.max_archive_bytes)
+        self._window = 0.0
+        self._in_window = 0
+        self._suppressed = 0
 
     @property
     def routes(self) -> list[Route]:
@@ -106,25 +110,63 @@ class Publishing:
     # -- authorization -----------------------------------------------------------------------------
 
     def authorize(self, request: Request, role: str) -> Principal:
-        """The principal behind the request's bearer token, or a 401/403 problem (never naming the token)."""
+        """The principal behind the request's bearer token, or a 401/403 problem (never naming the token).
+
+        Every refusal is also appended to the shelf's audit log (see :meth:`refuse`)."""
         try:
             return self.tokens.authorize(request.headers.get("authorization"), role)
         except Unauthorized as exc:
-            raise Problem(401, f"{exc}; send Authorization: Bearer <token>", headers=_CHALLENGE) from None
+            raise self.refuse(request, 401, f"{exc}; send Authorization: Bearer <token>", role) from None
         except Forbidden as exc:
-            raise Problem(403, str(exc)) from None
+            raise self.refuse(request, 403, str(exc), role) from None
 
-    def authorize_reload(self, request: Request, admin_token: str | None) -> None:
-        """``/admin/reload``: the legacy ``--admin-token``, or any token with the ``admin`` role."""
+    def authorize_reload(self, request: Request, admin_token: str | None) -> str:
+        """``/admin/reload``: the legacy ``--admin-token``, or any token with the ``admin`` role; who it was."""
         if not admin_token and not self.configured:
-            raise Problem(403, "reloading over HTTP is disabled: start the server with --admin-token or --tokens")
+            detail = "reloading over HTTP is disabled: start the server with --admin-token or --tokens"
+            raise self.refuse(request, 403, detail, "admin")
         if admin_token:
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), admin_token.encode()):
-                return
+                return "admin-token"
             if not self.configured:
-                raise Problem(401, "send Authorization: Bearer <admin token>", headers=_CHALLENGE)
-        self.authorize(request, "admin")
+                raise self.refuse(request, 401, "send Authorization: Bearer <admin token>", "admin")
+        return self.authorize(request, "admin").name
+
+    def refuse(self, request: Request, status: int, detail: str, role: str) -> Problem:
+        """A 401/403 problem, recorded in the audit log first (at most ~20 records a second per worker:
+        an unauthenticated flood must not turn into a flood of fsyncs; the rest are counted)."""
+        now = time.monotonic()
+        if now - self._window > 1.0:
+            self._window, self._in_window = now, 0
+        self._in_window += 1
+        if self._in_window <= _AUDIT_REFUSALS_PER_S:
+            record: dict[str, Any] = {
+                "actor": None,
+                "action": "authorize",
+                "outcome": "refused",
+                "http_status": status,
+                "role": role,
+                "route": f"{request.method} {request.url.path}"[:300],
+                "client": request.client.host if request.client else None,
+                "request_id": request.scope.get("request_id"),
+                "reason": detail,
+            }
+            if self._suppressed:
+                record["suppressed_before"] = self._suppressed
+                self._suppressed = 0
+            try:
+                append_audit(audit_path(self.settings.shelf), **record)
+            except OSError as exc:  # the refusal stands; a log that cannot be written is logged here
+                log.warning("could not append to the audit log: %s", exc)
+        else:
+            self._suppressed += 1
+        return Problem(status, detail, headers=_CHALLENGE if status == 401 else None)
+
+    async def audit(self, state: State, **record: Any) -> None:
+        """Append one record to the served shelf's audit log (off the event loop: it fsyncs)."""
+        log_file = audit_path(state.registry.shelf.root)
+        await anyio.to_thread.run_sync(functools.partial(append_audit, log_file, **record))
 
     # -- POST /kos -----------------------------------------------------------------------------------
 
@@ -217,6 +259,7 @@ class Publishing:
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_AUDIT_REFUSALS_PER_S = 20
 
 
 def _exact_ref(request: Request) -> str:
@@ -258,7 +301,7 @@ def _refusal(exc: KgridError, what: str) -> Problem:
     available = getattr(exc, "available", None)
     if available:
         extensions["available"] = available
-    return Problem(status, f"{what}: {Exception.__str__(exc)}", **extensions)
+    return Problem(status, without_paths(f"{what}: {Exception.__str__(exc)}"), **extensions)
 
 
 def _is_iso_time(text: str) -> bool:
@@ -270,17 +313,6 @@ def _is_iso_time(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-async def reload_everywhere(state: State) -> Any:
-    """Reload this worker's registry now and signal the other workers of this server to do so too."""
-    from activator.app import reload  # app imports this module
-
-    snapshot = await reload(state)
-    signal = state.settings.reload_signal
-    if signal is not None:
-        await anyio.Path(signal).write_text(str(time.time_ns()))
-    return snapshot
 
 
 # -- headers for deprecated versions ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from activator.problems import without_paths
 from kgrid_py.errors import KgridError, NotFound
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.runtime import RuntimeSettings
@@ -42,7 +43,7 @@ class FailedKO:
     status: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.ko_id, "version": self.version, "status": "failed", "reason": self.reason}
+        return {"id": self.ko_id, "version": self.version, "status": "failed", "reason": without_paths(self.reason)}
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Snapshot:
             for failure in self.failures(ko_id):
                 if failure.version == spec:
                     raise NotFound(
-                        f"{ko_id} {spec} is on the shelf but is not served: {failure.reason}",
+                        f"{ko_id} {spec} is on the shelf but is not served: {without_paths(failure.reason)}",
                         available=self.listing(ko_id),
                     )
         if not any(e.ko_id == ko_id for e in self.entries) and self.failures(ko_id):

@@ -12,6 +12,7 @@ is well-formed JSON.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -20,7 +21,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
 from activator.http import json_response, parse_json, read_body, require_json, state_of
-from activator.problems import Problem
+from activator.problems import PROBLEM_TYPE, Problem, without_paths
 from activator.publishing import deprecation_headers
 from activator.registry import Snapshot
 from kgrid_py.errors import InputError, NotFound
@@ -28,7 +29,18 @@ from kgrid_py.ko import CallResult, KnowledgeObject
 from kgrid_py.openapi import service_spec
 from kgrid_py.shelf import InvalidReference, Reference, ShelfEntry
 
-__all__ = ["KORoute", "call_address", "call_routes", "resolve_entry", "routes", "servable", "snapshot_of"]
+__all__ = [
+    "KORoute",
+    "call_address",
+    "call_routes",
+    "field_errors",
+    "resolve_entry",
+    "routes",
+    "row_problem",
+    "servable",
+    "snapshot_of",
+    "version_headers",
+]
 
 
 def snapshot_of(request: Request) -> Snapshot:
@@ -87,9 +99,63 @@ def _successor_address(snapshot: Snapshot, successor: str, endpoint: str | None)
     return call_address(entry, endpoint)
 
 
+def version_headers(
+    request: Request,
+    snapshot: Snapshot,
+    entry: ShelfEntry,
+    address: Callable[[ShelfEntry, str], str],
+    endpoint: str,
+) -> dict[str, str]:
+    """For a deprecated version: ``Deprecation``, ``Sunset`` when one is recorded (set_status), and a
+    ``Link`` to the successor's ``address(entry, endpoint)`` (the named successor, else the highest
+    active version). Empty for any other version. Every route family that runs a KO sends these."""
+    if entry.status != "deprecated":
+        return {}
+    root = state_of(request).registry.shelf.root
+    headers = dict(deprecation_headers(root, snapshot.generation, entry.ko_id, entry.version))
+    try:
+        reference = Reference.parse(entry.successor or entry.ko_id)
+        successor = snapshot.resolve(reference.ko_id, reference.spec)
+    except (InvalidReference, NotFound):
+        return headers
+    if successor != entry:
+        headers["Link"] = f'<{address(successor, endpoint)}>; rel="successor-version"'
+    return headers
+
+
 def _minimal(request: Request) -> bool:
     accept = request.headers.get("accept", "").replace(" ", "").replace('"', "")
     return "profile=minimal" in accept
+
+
+# A row's (or a single call's) error lists at most this many fields, each message at most this long:
+# a bad input must never be answered with many times its own size (a row of many unknown keys, each
+# answered with the list of inputs, would be).
+MAX_ROW_ERRORS = 5
+MAX_CALL_ERRORS = 50
+MAX_MESSAGE = 200
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def field_errors(exc: InputError, most: int) -> list[dict[str, str]]:
+    """The first ``most`` field errors, messages shortened, and one entry counting the rest."""
+    shown = [{"field": _short(e.field), "message": _short(e.message)} for e in exc.errors[:most]]
+    if len(exc.errors) > most:
+        shown.append({"field": "(more)", "message": f"{len(exc.errors) - most} more problem(s) not shown"})
+    return shown
+
+
+def row_problem(exc: InputError) -> dict[str, Any]:
+    """A bad batch row as a compact RFC 9457 problem (the minimal profile's answer for that row)."""
+    return {
+        "type": PROBLEM_TYPE + "invalid-input",
+        "title": "Invalid input",
+        "status": 422,
+        "errors": field_errors(exc, MAX_ROW_ERRORS),
+    }
 
 
 def _run_batch(ko: KnowledgeObject, endpoint: str, items: list[Any]) -> list[CallResult | InputError]:
@@ -133,6 +199,14 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
     if endpoint not in ko.functions:
         raise Problem(404, f"{ko.ref} has no endpoint {endpoint!r}", available=ko.functions)
     inputs = await _read_inputs(request, ko, endpoint, state.settings.max_body_bytes)
+    limit = state.settings.max_batch_rows
+    if isinstance(inputs, list) and len(inputs) > limit:
+        raise Problem(
+            413,
+            f"the batch has {len(inputs)} items; this server scores at most {limit} per request "
+            "(send several requests, or use kgrid score for a population)",
+            max_batch_rows=limit,
+        )
     request_id = request.scope.get("request_id")
     info: dict[str, Any] = {
         "id": ko.id,
@@ -142,23 +216,31 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
         "content_digest": ko.content_digest,
         "request_id": request_id,
     }
+    minimal = _minimal(request)
     started = time.perf_counter()
     status = 500  # until the call returns or is refused
     try:
         if isinstance(inputs, list):
             outcomes = await state.dispatcher.run_alone(_run_batch, ko, endpoint, inputs)
-            result: Any = [o.result if isinstance(o, CallResult) else None for o in outcomes]
+            if minimal:  # no info to carry the errors: a bad row is its own problem object, never a bare null
+                result: Any = [o.result if isinstance(o, CallResult) else row_problem(o) for o in outcomes]
+            else:
+                result = [o.result if isinstance(o, CallResult) else None for o in outcomes]
             info["warnings"] = [o.warnings if isinstance(o, CallResult) else [] for o in outcomes]
-            info["errors"] = [[e.as_dict() for e in o.errors] if isinstance(o, InputError) else None for o in outcomes]
+            info["errors"] = [
+                field_errors(o, MAX_ROW_ERRORS) if isinstance(o, InputError) else None for o in outcomes
+            ]
         else:
             try:
                 out = await state.dispatcher.run(ko.call, endpoint, inputs)
             except InputError as exc:
                 status = 422
+                shown = field_errors(exc, MAX_CALL_ERRORS)
+                summary = "; ".join(f"{e['field']}: {e['message']}" for e in shown[:MAX_ROW_ERRORS])
                 raise Problem(
                     422,
-                    f"invalid input for {ko.ref} {endpoint}: {exc}",
-                    errors=exc.errors,
+                    f"invalid input for {ko.ref} {endpoint}: {summary}",
+                    errors=shown,
                     id=ko.id,
                     version=ko.version,
                 ) from None
@@ -174,14 +256,8 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
             len(inputs) if isinstance(inputs, list) else 1,
             status,
         )
-    headers = {}
-    if entry.status == "deprecated":
-        # Deprecation, and Sunset when one is recorded (set_status); Link to the named successor.
-        headers.update(deprecation_headers(state.registry.shelf.root, snapshot.generation, ko.id, ko.version))
-        newest = _successor_address(snapshot, entry.successor or ko.id, endpoint)
-        if newest and newest != call_address(entry, endpoint):
-            headers["Link"] = f'<{newest}>; rel="successor-version"'
-    if _minimal(request):
+    headers = version_headers(request, snapshot, entry, call_address, endpoint)
+    if minimal:
         return json_response(result, headers=headers)
     return json_response({"result": result, "info": info}, headers=headers)
 
@@ -193,7 +269,10 @@ async def call_v1(request: Request) -> Response:
 
 async def call_v2(request: Request) -> Response:
     params = request.path_params
-    spec = request.query_params.get("v") or None
+    pinned = request.query_params.getlist("v")
+    if len(pinned) > 1:  # "last wins" would run a version the caller may not have meant
+        raise Problem(400, f"?v= is given {len(pinned)} times; give one version or range")
+    spec = pinned[0] if pinned and pinned[0] else None
     return await _call(request, params["ko_id"], spec, params["endpoint"], from_query=True)
 
 
@@ -242,9 +321,8 @@ def _entry_for_read(request: Request, snapshot: Snapshot) -> ShelfEntry:
     ko_id, version = request.path_params["ko_id"], request.path_params["version"]
     for failure in snapshot.failures(ko_id):
         if failure.version == version:
-            raise Problem(
-                404, f"{ko_id} {version} failed to load and is not served: {failure.reason}", reason=failure.reason
-            )
+            reason = without_paths(failure.reason)
+            raise Problem(404, f"{ko_id} {version} failed to load and is not served: {reason}", reason=reason)
     return resolve_entry(snapshot, ko_id, version)
 
 

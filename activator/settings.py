@@ -32,8 +32,9 @@ class Settings:
     watch_interval: float = 1.0
     # Run every KO's own test vectors before serving it; a KO that fails them is not served.
     verify_vectors: bool = True
-    # A file that workers of one server poll, so that /admin/reload on one worker reaches all.
-    reload_signal: Path | None = None
+    # --workers N: the folder where each worker of one server records the shelf generation it serves
+    # (activator.workers), and the shared generation counter (<shelf>/.kgrid/generation).
+    workers_dir: Path | None = None
     # Hidden /_bench/echo route: parses and returns JSON on the same stack, for the benchmark.
     bench_echo: bool = False
     access_log: bool = True
@@ -56,6 +57,20 @@ class Settings:
     trust_dir: Path | None = None
     # The largest archive POST /kos takes (refused with 413 before it is read past this).
     max_archive_bytes: int = 256 * 1_048_576
+    # The most items a batch (a JSON array, or an OIP tensor's first dimension) may hold: 1,000 rows
+    # hold one inference thread for ~0.2 s and answer at most ~0.5 MB (benchmarks/RESULTS.md).
+    max_batch_rows: int = 1000
+    # Seconds a connection may take to send a request's headers (from connecting, or from the end
+    # of the previous response), to send the whole body, and may sit idle between requests.
+    header_timeout: float = 10.0
+    body_timeout: float = 60.0
+    keep_alive_timeout: float = 5.0
+    # Connections (and requests) one worker holds at once; past it, requests get 503 and new
+    # connections are closed at once, so a flood can never exhaust the file descriptors.
+    limit_concurrency: int = 1000
+    # Prometheus multiprocess mode (--workers N): the folder the workers share their counters in.
+    metrics_dir: Path | None = None
+    generation_file: Path | None = None
 
     def to_env(self) -> str:
         data = dataclasses.asdict(self)
@@ -68,7 +83,17 @@ class Settings:
         if not text:
             return cls(shelf=Path(os.environ.get("KGRID_SHELF", "knowledge_objects")))
         data = json.loads(text)
-        for key in ("shelf", "reload_signal", "cds_issuers", "cds_db", "tokens_file", "trust_dir"):
+        paths = (
+            "shelf",
+            "workers_dir",
+            "cds_issuers",
+            "cds_db",
+            "tokens_file",
+            "trust_dir",
+            "metrics_dir",
+            "generation_file",
+        )
+        for key in paths:
             if data.get(key) is not None:
                 data[key] = Path(data[key])
         return cls(**data)

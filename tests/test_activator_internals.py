@@ -58,7 +58,7 @@ def test_a_bug_is_a_500_that_reveals_nothing_and_is_logged_with_the_request_id(
 
 
 def test_settings_travel_to_worker_processes(monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = Settings(shelf=Path("/srv/shelf"), admin_token="t", reload_signal=Path("/tmp/x"), watch=False)
+    settings = Settings(shelf=Path("/srv/shelf"), admin_token="t", workers_dir=Path("/tmp/x"), watch=False)
     monkeypatch.setenv("KGRID_ACTIVATOR_SETTINGS", settings.to_env())
     assert Settings.from_env() == settings
 

@@ -85,7 +85,8 @@ def test_publish_under_load_zero_failures_every_response_names_its_version(tmp_p
 def test_a_batch_in_flight_finishes_on_the_version_it_started_on(tmp_path: Path) -> None:
     shelf, template = _shelf(tmp_path)
     batch = [GOOD] * 20_000
-    with Server(shelf, "--no-watch", "--max-body-bytes", str(8 << 20), log=tmp_path / "server.log") as server:
+    args = ("--no-watch", "--max-body-bytes", str(8 << 20), "--max-batch-rows", "20000")
+    with Server(shelf, *args, log=tmp_path / "server.log") as server:
 
         async def scenario() -> tuple[httpx.Response, httpx.Response]:
             async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
