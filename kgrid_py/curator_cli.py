@@ -1,4 +1,4 @@
-"""Curator commands: init, pack, keygen, sign, verify, publish, status.
+"""Curator commands: init, pack, keygen, sign, verify, publish, status, token, vectors.
 
 Standalone click commands; ``kgrid_py.cli`` registers them into the ``kgrid`` group, whose
 error handling turns a :class:`~kgrid_py.errors.KgridError` into one line on stderr and exit 1.
@@ -20,15 +20,29 @@ import click
 import requests
 
 from kgrid_py.archive import check_model_references, extract, inspect, pack
-from kgrid_py.curator_errors import RemoteError
-from kgrid_py.ko import read_metadata, verify_files
+from kgrid_py.build import regenerate_vectors
+from kgrid_py.curator_errors import RemoteError, VectorsFailed
+from kgrid_py.ko import KnowledgeObject, read_metadata, verify_files
 from kgrid_py.lifecycle import SETTABLE, lifecycle_info, set_status
 from kgrid_py.publish import PublishPolicy, publish_archive
 from kgrid_py.scaffold import init_ko
 from kgrid_py.shelf import Reference, Shelf, default_shelf_path
 from kgrid_py.signing import generate_keypair, load_private_key, load_trust_dir, sign_archive, verify_signature
+from kgrid_py.tokens import ROLES, generate_token, hash_token
 
-__all__ = ["COMMANDS", "init", "keygen", "pack_command", "publish", "sign", "status", "verify"]
+__all__ = [
+    "COMMANDS",
+    "init",
+    "keygen",
+    "pack_command",
+    "publish",
+    "refusal_message",
+    "sign",
+    "status",
+    "token",
+    "vectors",
+    "verify",
+]
 
 _TIMEOUT = (10.0, 300.0)
 
@@ -59,11 +73,22 @@ def init(name: str, parent: Path, version: str, author: str, license_: str) -> N
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def pack_command(path: Path, output: Path) -> None:
-    """Pack a sealed KO folder into one deterministic archive."""
+    """Pack a sealed KO folder into one deterministic archive; refused if its own vectors fail."""
+    ko = KnowledgeObject.from_path(path)
+    if ko.metadata.tests is None:
+        raise VectorsFailed(f"{ko.ref} has no test vectors; a shelf refuses it, so it is not packed")
+    failed = [o for o in ko.test() if not o.passed]
+    if failed:
+        for outcome in failed:
+            click.echo(f"FAIL {outcome.vector.name}: {outcome.detail}", err=True)
+        raise VectorsFailed(
+            f"{ko.ref}: {len(failed)} test vector(s) failed, so it is not packed; after changing the model, "
+            f"`kgrid vectors regenerate {path}` recomputes expected values from src/reference.py"
+        )
     data = pack(path)
     output.write_bytes(data)
     info = inspect(data)
-    click.echo(f"{info.ref}: {output} ({len(data)} bytes, {len(info.files)} files, manifest {info.manifest_digest})")
+    click.echo(f"{info.ref}: {output} ({len(data)} bytes, {len(info.files)} files, digest {info.manifest_digest})")
 
 
 @click.command()
@@ -104,7 +129,7 @@ def verify(archive: Path, trust: Path | None) -> None:
         check_model_references(Path(temp) / "ko", raw)
     signer = verify_signature(info, load_trust_dir(trust)).name if trust else None
     signed = f"signed by {signer}" if signer else ("signed (not checked: no --trust)" if info.signature else "unsigned")
-    click.echo(f"{info.ref}: ok, manifest {info.manifest_digest}, {signed}")
+    click.echo(f"{info.ref}: ok, digest {info.manifest_digest}, {signed}")
 
 
 @click.command()
@@ -240,12 +265,98 @@ def _request(method: str, url: str, headers: dict[str, str], token: str | None, 
         body = response.text
     if response.status_code in (200, 201):
         return body
-    detail = body.get("detail", body) if isinstance(body, dict) else body
-    hint = {401: " (no or unknown token: pass --token or set KGRID_TOKEN)", 403: f" (the token lacks the {role} role)"}
-    message = f"{url}: HTTP {response.status_code}{hint.get(response.status_code, '')}: {str(detail)[:500]}"
+    message = refusal_message(url, response.status_code, body, role)
     if token:
         message = message.replace(token, "***")
-    raise RemoteError(message)
+    error = RemoteError(message)
+    error.status = response.status_code  # type: ignore[attr-defined]
+    error.problem = body if isinstance(body, dict) else None  # type: ignore[attr-defined]
+    raise error
+
+
+_HINTS = {
+    "SignatureMissing": "sign the archive first (kgrid sign ARCHIVE --key KEY.key.pem)",
+    "UntrustedSignature": "the server does not trust the key that signed it, or the archive changed after signing",
+    "VersionConflict": "versions are immutable: publish a new version number",
+    "IncompatibleChange": "a breaking change needs a new major version",
+    "VectorsFailed": "run `kgrid validate` on the KO folder and fix its test vectors",
+}
+
+
+def refusal_message(url: str, status: int, body: object, role: str) -> str:
+    """What the server said, faithfully: status, its problem type and detail, and a hint that fits.
+
+    The hint follows the server's reason (its ``error`` member, or the detail of a role refusal),
+    never the status alone: a 403 may be a missing role or a missing signature.
+    """
+    problem = body if isinstance(body, dict) else {}
+    detail = str(problem.get("detail", problem.get("title", "")) if problem else body)[:500]
+    kind = problem.get("error") if isinstance(problem.get("error"), str) else None
+    title = problem.get("title") if isinstance(problem.get("title"), str) else None
+    head = f"{url}: HTTP {status}" + (f" {title}" if title else "")
+    message = f"{head}: {detail}" + (f" [{kind}]" if kind else "")
+    if status == 401:
+        hint = "no token, or one the server does not know: pass --token or set KGRID_TOKEN"
+    elif kind in _HINTS:
+        hint = _HINTS[kind]
+    elif status == 403 and "role" in detail:
+        hint = f"the token lacks the {role} role"
+    else:
+        hint = ""
+    changes = problem.get("changes")
+    if isinstance(changes, list) and changes:
+        message += "".join(f"\n  change: {str(c)[:200]}" for c in changes[:20])
+    return message + (f"\n  hint: {hint}" if hint else "")
+
+
+@click.command()
+@click.option("--name", required=True, help="Who the token is for: the name the audit log records.")
+@click.option("--role", "roles", type=click.Choice(ROLES), multiple=True, required=True, help="Repeat for several.")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the token to this new file (mode 0600) instead of printing it.",
+)
+def token(name: str, roles: tuple[str, ...], output: Path | None) -> None:
+    """Create a bearer token and print the tokens.json entry holding only its sha256.
+
+    The entry goes into the activator's tokens.json ({"tokens": [...]}); the token itself goes to
+    its holder and is never stored by the server.
+    """
+    secret = generate_token()
+    entry = {"name": name, "roles": sorted(set(roles)), "sha256": hash_token(secret)}
+    if output is not None:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secret + "\n")
+        click.echo(f"token: written to {output} (mode 0600); give it to {name}", err=True)
+    else:
+        click.echo(f"token: {secret}")
+        click.echo(f"(give the token to {name}; it is shown once and the server stores only its digest)", err=True)
+    click.echo(f"tokens.json entry: {json.dumps(entry)}")
+
+
+@click.group()
+def vectors() -> None:
+    """Test vectors: regenerate their expected values from the KO's src/reference.py."""
+
+
+@vectors.command(name="regenerate")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def vectors_regenerate(path: Path) -> None:
+    """Recompute expected values from src/reference.py's expected(function, inputs), then re-seal.
+
+    Only vectors whose "source" starts with src/reference.py are rewritten, and only the outputs
+    they list; inputs reach expected() in the declared units with defaults filled in. Run it after
+    every change to the model or the reference, then `kgrid validate` (which the new values must pass).
+    """
+    report = regenerate_vectors(path)
+    click.echo(
+        f"{path}: {report.recomputed} vector(s) recomputed from src/reference.py, {len(report.changed)} changed, "
+        f"{report.kept} left as they were; re-sealed"
+    )
+    for name in report.changed:
+        click.echo(f"  changed: {name}")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -262,5 +373,7 @@ COMMANDS: dict[str, click.Command] = {
     "verify": verify,
     "publish": publish,
     "status": status,
+    "token": token,
+    "vectors": vectors,
 }
 """Name -> command, for ``kgrid_py.cli`` to register: ``for n, c in COMMANDS.items(): cli.add_command(c, n)``."""

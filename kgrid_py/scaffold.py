@@ -292,11 +292,17 @@ class RiskModel(torch.nn.Module):
         return torch.sigmoid(lp), lp
 '''
 
-_REFERENCE_PY = '''"""The template's score in plain math: where the test vectors' expected values come from."""
+_REFERENCE_PY = '''"""The template's score in plain math: where the test vectors' expected values come from.
+
+``kgrid vectors regenerate KO_DIR`` calls :func:`expected` for every vector of tests.json whose
+``source`` starts with ``src/reference.py`` and writes the answer into its ``expected`` values.
+Keep this file independent of src/model.py: it is the check on the model, not a copy of it.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 COEFFICIENTS = {coefficients}
 CENTRES = {centres}
@@ -311,6 +317,14 @@ def risk(age: float, biomarker: float, smoker: bool) -> float:
         + c["smoker"] * float(smoker)
     )
     return 1.0 / (1.0 + math.exp(-lp))
+
+
+def expected(function: str, inputs: dict[str, Any]) -> dict[str, float] | None:
+    """A vector's expected outputs; ``inputs`` arrive in the declared units, defaults filled in."""
+    if function != "risk":
+        return None
+    p = risk(inputs["age"], inputs["biomarker"], inputs["smoker"])
+    return {{"risk": p, "linear_predictor": math.log(p / (1 - p))}}
 '''
 
 _BUILD_PY = '''"""Build this KO: export src/model.py to model.onnx (``kgrid build PATH`` calls :func:`build`)."""
