@@ -24,7 +24,7 @@ from kgrid_py.errors import FieldError, InputError
 from kgrid_py.metadata import Bounds, FieldSpec, FunctionSpec
 from kgrid_py.units import UnitMismatch, UnitTooLong, conversion_factor
 
-__all__ = ["BatchFeeds", "FieldPlan", "FunctionPlan", "InputWarning"]
+__all__ = ["BOOLEAN_SPELLINGS", "BatchFeeds", "FieldPlan", "FunctionPlan", "InputWarning", "parse_boolean"]
 
 MODEL_WARNING_FIELD = "(model)"  # the field of warnings a function attaches to every result
 
@@ -52,6 +52,58 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
+BOOLEAN_SPELLINGS: dict[str, bool] = {"true": True, "false": False, "1": True, "0": False}
+"""Text a boolean input accepts, compared case-insensitively (CSV cells, form fields)."""
+
+
+def parse_boolean(value: Any) -> float:
+    """A boolean input as the graph's 1.0 / 0.0, the same in every path (call, batch, CSV, Arrow).
+
+    Accepted: ``True``/``False`` (Python, numpy), the numbers 0 and 1 (ints, or floats that are
+    exactly 0.0 or 1.0, as a pandas column with gaps holds them) and the text ``true``,
+    ``false``, ``1``, ``0`` in any case. Anything else (``"yes"``, 2, 0.5) is an error rather
+    than a guess.
+    """
+    if isinstance(value, bool | np.bool_):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float | np.integer | np.floating) and value in (0, 1):
+        return float(value)
+    if isinstance(value, str) and value.lower() in BOOLEAN_SPELLINGS:
+        return 1.0 if BOOLEAN_SPELLINGS[value.lower()] else 0.0
+    raise ValueError(f"must be true or false (or 1/0), got {_describe(value)}")
+
+
+@dataclass(frozen=True)
+class _Suspect:
+    """A compiled :class:`~kgrid_py.metadata.SuspectUnit`: thresholds in the field's unit."""
+
+    factor: float  # from the unit the hint is about into the field's unit
+    low: float | None
+    high: float | None
+    given: str
+    likely: str
+    likely_factor: float
+    unit: str
+    note: str | None
+
+    def matches(self, number: float, factor: float) -> bool:
+        if not math.isclose(factor, self.factor, rel_tol=1e-9):
+            return False
+        return (self.high is not None and number > self.high) or (self.low is not None and number < self.low)
+
+    def describe(self, number: float) -> str:
+        raw = number / self.factor
+        side = f"above {_fmt(self.high / self.factor)}" if self.high is not None and number > self.high else None
+        side = side or f"below {_fmt((self.low or 0.0) / self.factor)}"
+        converted = raw * self.likely_factor
+        note = f" {self.note}" if self.note else ""
+        return (
+            f"{_fmt(raw)} {self.given} looks like a value in {self.likely} (values {side} {self.given} are unusual); "
+            f'if it is in {self.likely}, send {{"value": {_fmt(raw)}, "unit": "{self.likely}"}} '
+            f"({_fmt(converted)} {self.unit}).{note}"
+        )
+
+
 class FieldPlan:
     """How one declared input is checked and fed to the graph."""
 
@@ -68,6 +120,36 @@ class FieldPlan:
         self.population = spec.population_bounds
         self.default = spec.default
         self._factors: dict[str, float] = {}
+        self.suspects = self._compile_suspects()
+
+    def _compile_suspects(self) -> list[_Suspect]:
+        """The field's suspect-unit hints, thresholds converted into its unit.
+
+        A hint whose units do not convert is skipped: metadata validation refuses one, and a
+        caller's view of the field in another unit (``kgrid_py.columns``) only rewrites text.
+        """
+        suspects = []
+        for hint in self.spec.suspect_units:
+            if self.unit is None:
+                continue
+            try:
+                factor = self.factor_for(hint.given) if hint.given is not None else 1.0
+                likely_factor = self.factor_for(hint.likely)
+            except ValueError:
+                continue
+            suspects.append(
+                _Suspect(
+                    factor=factor,
+                    low=None if hint.below is None else hint.below * factor,
+                    high=None if hint.above is None else hint.above * factor,
+                    given=hint.given or self.unit,
+                    likely=hint.likely,
+                    likely_factor=likely_factor,
+                    unit=self.unit,
+                    note=hint.note,
+                )
+            )
+        return suspects
 
     # -- one value ---------------------------------------------------------------------------
 
@@ -98,6 +180,10 @@ class FieldPlan:
 
     def coerce(self, value: Any) -> Any:
         """Check one value and return what the graph gets; ``ValueError`` says what is wrong."""
+        return self.coerce_with_factor(value)[0]
+
+    def coerce_with_factor(self, value: Any) -> tuple[Any, float]:
+        """:meth:`coerce`, plus the factor the value's unit was converted by (1.0 without a unit)."""
         kind = self.kind
         if kind == "number" or kind == "integer":
             factor = 1.0
@@ -120,18 +206,16 @@ class FieldPlan:
                 raise ValueError(f"must be a whole number, got {value}")
             number *= factor
             if self.hard is not None and not self.hard.contains(number):
-                raise ValueError(self.impossible(number))
-            return number
+                raise ValueError(self.impossible_with_hint(number, factor))
+            return number, factor
         if kind == "boolean":
-            if not isinstance(value, bool | np.bool_):
-                raise ValueError(f"must be true or false, got {_describe(value)}")
-            return 1.0 if value else 0.0
+            return parse_boolean(value), 1.0
         if kind == "enum":
             index = self.enum_index.get(value) if isinstance(value, str) else None
             if index is None:
                 raise ValueError(f"must be one of {', '.join(self.enum_index)}; got {_describe(value)}")
-            return index
-        return self._coerce_tensor(value)
+            return index, 1.0
+        return self._coerce_tensor(value), 1.0
 
     def _coerce_tensor(self, value: Any) -> np.ndarray:
         if self.spec.preprocessing == "mni152-volume":
@@ -153,6 +237,29 @@ class FieldPlan:
         assert self.hard is not None
         unit = f" {self.unit}" if self.unit else ""
         return f"{_fmt(number)}{unit} is impossible here: must be {self.hard.describe()}"
+
+    def impossible_with_hint(self, number: float, factor: float) -> str:
+        """:meth:`impossible`, and the likely unit where a suspect-unit hint matches."""
+        suspect = self.suspect_matching(number, factor)
+        message = self.impossible(number)
+        return message if suspect is None else f"{message}; {suspect.describe(number)}"
+
+    def suspect_matching(self, number: float, factor: float) -> _Suspect | None:
+        """The first hint that says ``number`` (converted by ``factor``) looks like another unit."""
+        for suspect in self.suspects:
+            if suspect.matches(number, factor):
+                return suspect
+        return None
+
+    def suspect_for(self, number: float, factor: float) -> InputWarning | None:
+        """A warning naming the likely unit, when a suspect-unit hint matches."""
+        suspect = self.suspect_matching(number, factor)
+        return None if suspect is None else InputWarning(self.name, suspect.describe(number))
+
+    def warnings_for(self, number: float, factor: float) -> list[InputWarning]:
+        """Every warning about one checked number: population bounds, then a likely unit slip."""
+        found = [self.warning_for(number), self.suspect_for(number, factor)]
+        return [w for w in found if w is not None]
 
     def warning_for(self, number: float) -> InputWarning | None:
         if self.population is None or self.population.contains(number):
@@ -234,6 +341,7 @@ class FunctionPlan:
             )
         errors: list[FieldError] = []
         values: dict[str, Any] = {}
+        factors: dict[str, float] = {}
         for name in inputs:
             if name not in self.by_name:
                 errors.append(self._unknown(name))
@@ -248,7 +356,7 @@ class FunctionPlan:
                     errors.append(FieldError(plan.name, "has no value and no default"))
                     continue
             try:
-                values[plan.name] = plan.coerce(value)
+                values[plan.name], factors[plan.name] = plan.coerce_with_factor(value)
             except ValueError as exc:
                 errors.append(FieldError(plan.name, str(exc)))
         if not errors:
@@ -259,10 +367,8 @@ class FunctionPlan:
         feeds: dict[str, np.ndarray] = {}
         for plan in self.fields:
             value = values[plan.name]
-            if plan.population is not None:
-                warning = plan.warning_for(value)
-                if warning is not None:
-                    warnings.append(warning)
+            if plan.population is not None or plan.suspects:
+                warnings.extend(plan.warnings_for(value, factors[plan.name]))
             if plan.kind == "tensor":
                 feeds[plan.spec.graph_name] = value[np.newaxis].astype(plan.graph_dtype, copy=False)
             else:
@@ -304,6 +410,7 @@ class FunctionPlan:
         errors: dict[int, list[FieldError]] = {}
         valid = np.ones(n_rows, dtype=bool)
         arrays: dict[str, np.ndarray] = {}
+        factors: dict[str, np.ndarray | float] = {}
         for plan in self.fields:
             column = columns.get(plan.name)
             if column is None:
@@ -317,7 +424,7 @@ class FunctionPlan:
                 factor = plan.factor_for(unit) if unit is not None else 1.0
             except ValueError as exc:
                 raise InputError([FieldError(plan.name, str(exc))]) from None
-            array, bad = self._column(plan, column, factor, unit)
+            array, bad, factors[plan.name] = self._column(plan, column, factor, unit)
             for row, error in bad.items():
                 valid[row] = False
                 errors.setdefault(row, []).append(error)
@@ -337,17 +444,20 @@ class FunctionPlan:
                     warning = made[value] if value in made else made.setdefault(value, plan.warning_for(value))
                     if warning is not None:
                         warnings.setdefault(row, []).append(warning)
+            for suspect in plan.suspects:
+                _warn_suspect(plan, suspect, array, factors[plan.name], valid, warnings)
             selected = array if all_valid else array[valid]
             feeds[plan.spec.graph_name] = np.ascontiguousarray(selected, dtype=plan.graph_dtype)
         return BatchFeeds(feeds, valid, errors, warnings)
 
     def _column(
         self, plan: FieldPlan, column: Any, factor: float, unit: str | None
-    ) -> tuple[np.ndarray, dict[int, FieldError]]:
-        """A column as graph values (vectorised where the column allows), and its bad rows."""
+    ) -> tuple[np.ndarray, dict[int, FieldError], np.ndarray | float]:
+        """A column as graph values (vectorised where the column allows), its bad rows, and the
+        unit factor of each row (one float when the whole column shares it)."""
         fast = _vectorised(plan, column, factor)
         if fast is not None:
-            return fast
+            return (*fast, factor)
         if isinstance(column, pa.Array | pa.ChunkedArray):
             column = column.to_pylist()
         n = len(column)
@@ -357,6 +467,7 @@ class FunctionPlan:
             array = np.zeros((n, *shape), dtype=_TENSOR_DTYPES[plan.spec.dtype or "float64"])
         else:
             array = np.zeros(n, dtype=np.float64)
+        row_factors = np.full(n, factor)
         for row, value in enumerate(column):
             if _is_missing(value):
                 if plan.default is None:
@@ -366,10 +477,10 @@ class FunctionPlan:
             if unit is not None and not isinstance(value, Mapping):
                 value = {"value": value, "unit": unit}
             try:
-                array[row] = plan.coerce(value)
+                array[row], row_factors[row] = plan.coerce_with_factor(value)
             except ValueError as exc:
                 bad[row] = FieldError(plan.name, str(exc))
-        return array, bad
+        return array, bad, row_factors
 
     def _check_constraints_batch(
         self, arrays: Mapping[str, np.ndarray], valid: np.ndarray, errors: dict[int, list[FieldError]]
@@ -403,7 +514,8 @@ def _is_nan(value: Any) -> bool:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN or pandas' NA (a nullable boolean or integer column's gap) is a missing cell."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ == "NAType"
 
 
 def _vectorised(plan: FieldPlan, column: Any, factor: float) -> tuple[np.ndarray, dict[int, FieldError]] | None:
@@ -424,13 +536,25 @@ def _vectorised(plan: FieldPlan, column: Any, factor: float) -> tuple[np.ndarray
         if plan.default is not None:
             array = np.where(np.isnan(array), float(plan.default), array)
             return _vectorised(plan, array, 1.0)
-        bad = {int(row): FieldError(plan.name, _row_message(plan, array[row])) for row in np.flatnonzero(problem)}
+        bad = {
+            int(row): FieldError(plan.name, _row_message(plan, array[row], factor)) for row in np.flatnonzero(problem)
+        }
         return np.where(problem, 0.0, array), bad
     if plan.kind == "boolean":
-        array = np.asarray(column)
-        if array.dtype != np.bool_:
+        array = column if isinstance(column, np.ndarray) else None
+        if isinstance(column, pa.Array | pa.ChunkedArray):
+            if column.null_count or not (pa.types.is_boolean(column.type) or pa.types.is_integer(column.type)):
+                return None
+            array = column.to_numpy(zero_copy_only=False)
+        if array is None:
+            array = np.asarray(column) if all(type(v) in (bool, int) for v in column) else None
+        if array is None or array.ndim != 1:
             return None
-        return array.astype(np.float64), {}
+        if array.dtype == np.bool_:
+            return array.astype(np.float64), {}
+        if array.dtype.kind in "iuf" and np.isin(array, (0, 1)).all():  # 0/1, as parse_boolean takes
+            return array.astype(np.float64), {}
+        return None  # the row path explains each bad cell
     if plan.kind == "enum":
         try:  # Arrow's hash lookup beats one numpy comparison per label
             strings = _as_arrow_strings(column)
@@ -470,12 +594,36 @@ def _as_float_array(column: Any) -> np.ndarray | None:
     return np.asarray(column, dtype=np.float64)
 
 
-def _row_message(plan: FieldPlan, value: float) -> str:
+def _row_message(plan: FieldPlan, value: float, factor: float) -> str:
     if not np.isfinite(value):
         return "is missing" if np.isnan(value) else f"must be a finite number, got {value}"
     if plan.kind == "integer" and value != round(value):
         return f"must be a whole number, got {value:g}"
-    return plan.impossible(value)
+    return plan.impossible_with_hint(value, factor)
+
+
+def _warn_suspect(
+    plan: FieldPlan,
+    suspect: _Suspect,
+    array: np.ndarray,
+    factors: np.ndarray | float,
+    valid: np.ndarray,
+    warnings: dict[int, list[InputWarning]],
+) -> None:
+    """Add a likely-unit warning to every valid row the hint matches (one message per value)."""
+    same_unit = np.isclose(factors, suspect.factor, rtol=1e-9, atol=0.0)
+    beyond = np.zeros(array.shape, dtype=bool)
+    if suspect.high is not None:
+        beyond |= array > suspect.high
+    if suspect.low is not None:
+        beyond |= array < suspect.low
+    rows = np.flatnonzero(valid & same_unit & beyond)
+    made: dict[float, InputWarning] = {}
+    for row, value in zip(rows.tolist(), array[rows].tolist(), strict=True):
+        warning = made.get(value)
+        if warning is None:
+            warning = made[value] = InputWarning(plan.name, suspect.describe(value))
+        warnings.setdefault(row, []).append(warning)
 
 
 def _within(array: np.ndarray, bounds: Bounds) -> np.ndarray:

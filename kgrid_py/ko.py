@@ -17,6 +17,7 @@ from kgrid_py.digest import folder_identity, sha256_file
 from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, NotFound
 from kgrid_py.inputs import MODEL_WARNING_FIELD, FunctionPlan, InputWarning
 from kgrid_py.metadata import FunctionSpec, KOMetadata, OutputSpec
+from kgrid_py.plausibility import OutputChecks
 from kgrid_py.runtime import ModelSession, RuntimeSettings, get_session
 from kgrid_py.schema import validate_raw_metadata
 from kgrid_py.vectors import VectorOutcome, load_vectors, run_vectors
@@ -114,6 +115,7 @@ class _Function:
         self.plan = FunctionPlan(spec, session.input_dtypes)
         self.outputs: list[OutputSpec] = list(spec.outputs)
         self.output_graph_names = list(dict.fromkeys(o.graph_name for o in self.outputs))
+        self.output_checks = OutputChecks(self.outputs)  # implausible results warn
         self.provenance = provenance
         # Built once: every result of this function carries these (e.g. "synthetic data only", or
         # that the version is deprecated).
@@ -224,6 +226,8 @@ class KnowledgeObject:
         feeds, warnings = fn.plan.prepare_one(inputs)
         outputs = fn.run(feeds)
         result = {spec.name: _scalar(spec, array) for spec, array in zip(fn.outputs, outputs, strict=True)}
+        if fn.output_checks:
+            warnings = warnings + fn.output_checks.one(result)
         if fn.result_warnings:
             warnings = warnings + fn.result_warnings
         return CallResult(result, warnings, fn.provenance)
@@ -259,6 +263,9 @@ class KnowledgeObject:
         outputs = fn.run(batch.feeds) if batch.valid.any() else [None] * len(fn.outputs)
         result = {spec.name: _column(spec, array, batch.valid) for spec, array in zip(fn.outputs, outputs, strict=True)}
         errors, warnings = CallerTerms(fn.plan, plan).render(batch, fed, n_rows)
+        if fn.output_checks:
+            for row, found in fn.output_checks.batch(result).items():
+                warnings[row] = (*warnings[row], *(str(w) for w in found))
         if fn.result_warning_texts:
             extra = fn.result_warning_texts
             warnings = [w + extra if ok else w for w, ok in zip(warnings, batch.valid.tolist(), strict=True)]

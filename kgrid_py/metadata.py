@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from kgrid_py.errors import NotFound
+from kgrid_py.units import UnitMismatch, conversion_factor
 
 __all__ = [
     "KOIO_CONTEXT",
@@ -32,6 +33,7 @@ __all__ = [
     "OutputSpec",
     "Provenance",
     "Relation",
+    "SuspectUnit",
     "UnitConversion",
 ]
 
@@ -118,6 +120,28 @@ class UnitConversion(_Model):
     factor: float = Field(gt=0)
 
 
+class SuspectUnit(_Model):
+    """A value that, sent in ``given``, more likely is in ``likely``: the classic unit slip.
+
+    A creatinine of 106 sent as a plain number (mg/dL) is almost surely 106 umol/L: declare
+    ``{"above": 20, "likely": "umol/L"}`` and such a value is warned about (or, past the hard
+    bounds, refused) with the likely unit and the converted value named. Thresholds are in
+    ``given``; a unit that converts by the same factor counts as ``given``.
+    """
+
+    given: str | None = Field(default=None, description="Unit the value was sent in; null: the field's own unit")
+    above: float | None = Field(default=None, description="Values above this (in 'given') look like 'likely'")
+    below: float | None = Field(default=None, description="Values below this (in 'given') look like 'likely'")
+    likely: str = Field(description="The unit such a value is probably in (the field must accept it)")
+    note: str | None = Field(default=None, description="Why, e.g. the usual range in each unit")
+
+    @model_validator(mode="after")
+    def _one_side(self) -> SuspectUnit:
+        if self.above is None and self.below is None:
+            raise ValueError(f"suspect unit {self.likely!r} needs 'above' or 'below'")
+        return self
+
+
 class FhirBinding(_Model):
     """Where an input is found in FHIR R4 data, for EHR integrations (CDS Hooks).
 
@@ -165,6 +189,9 @@ class FieldSpec(_Model):
     population_note: str | None = Field(
         default=None, description="Why values outside population_bounds are extrapolation"
     )
+    suspect_units: list[SuspectUnit] = Field(
+        default_factory=list, description="Values that look like another unit: warned about, naming it"
+    )
     codes: list[Code] = Field(default_factory=list)
     graph_input: str | None = Field(
         default=None, description="ONNX graph input fed by this field (defaults to its name)"
@@ -183,6 +210,16 @@ class FieldSpec(_Model):
             raise ValueError(f"field {self.name!r} is required, so it cannot have a default")
         if self.accepted_units and not self.unit:
             raise ValueError(f"field {self.name!r} lists accepted_units but has no unit")
+        if self.suspect_units and self.type not in ("number", "integer"):
+            raise ValueError(f"field {self.name!r}: only numbers take suspect_units")
+        declared = [(u.unit, u.factor) for u in self.accepted_units]
+        for suspect in self.suspect_units:
+            for unit in (suspect.given, suspect.likely):
+                if unit is not None and self.unit is not None:
+                    try:
+                        conversion_factor(unit, self.unit, declared)
+                    except UnitMismatch:
+                        raise ValueError(f"field {self.name!r}: suspect unit {unit!r} does not convert") from None
         return self
 
     @property
@@ -204,11 +241,20 @@ class OutputSpec(_Model):
         default=None, ge=0, description="Take this index of the graph output's last axis (one class of several)"
     )
     argmax: bool = Field(default=False, description="Report the index of the largest value on the last axis")
+    plausible_bounds: Bounds | None = Field(
+        default=None,
+        description="Outside these: a warning on the result (implausible; usually an input in the wrong unit)",
+    )
+    plausibility_note: str | None = Field(
+        default=None, description="Why values outside plausible_bounds are doubtful and what to check"
+    )
 
     @model_validator(mode="after")
     def _check_enum(self) -> OutputSpec:
         if (self.type == "enum") != (self.enum is not None):
             raise ValueError(f"output {self.name!r}: 'enum' goes with type 'enum' only")
+        if self.plausible_bounds is not None and self.type not in ("number", "integer"):
+            raise ValueError(f"output {self.name!r}: only numbers take plausible_bounds")
         if self.select is not None and self.argmax:
             raise ValueError(f"output {self.name!r}: 'select' and 'argmax' exclude each other")
         return self

@@ -236,7 +236,8 @@ def vector(
 
 
 # Unit factors of the test inputs, as declared in metadata.json (umol/L creatinine: / 88.4).
-_TEST_UNITS = {"umol/L": 1 / 88.4, "ug/dL": 1e-3, "ug/L": 1e-3}
+_TEST_UNITS = {"umol/L": 1 / 88.4, "\u00b5mol/L": 1 / 88.4, "\u03bcmol/L": 1 / 88.4, "ug/dL": 1e-3,
+               "ug/L": 1e-3}
 
 # compute(function, age, female, scr, scys, black) -> unrounded eGFR, from src/reference.py
 Compute = Callable[[str, float, bool, float, float, bool], float]
@@ -278,6 +279,46 @@ def standard_vectors(
         for name, fields, bad in invalid_cases(equation.inputs):
             out.append(vector(f"{function}: {name}", function, fields, "input validation",
                               expect_error=bad))
+        out += plausibility_vectors(function, equation.inputs, compute, source)
+    return out
+
+
+# The eGFR above which metadata.json's plausible_bounds warn (mL/min/1.73 m2).
+PLAUSIBLE_EGFR_MAX = 200
+
+
+def plausibility_vectors(
+    function: str, inputs: tuple[str, ...], compute: Compute, source: str
+) -> list[dict[str, Any]]:
+    """Doubtful values warn (naming the likely unit), impossible ones are refused naming it, and
+    the micro sign and Greek mu spell umol/L. Which fields must warn follows from the values."""
+    base: dict[str, Any] = {"age": 55, "sex": "male"}
+    if "creatinine" in inputs:
+        base["creatinine"] = 1.0
+    if "cystatin_c" in inputs:
+        base["cystatin_c"] = 1.0
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, fields: dict[str, Any], warn: list[str]) -> None:
+        want = expected(compute, function, fields)
+        warn = warn + (["egfr"] if want["egfr"] > PLAUSIBLE_EGFR_MAX else [])
+        out.append(vector(f"{function}: {name}", function, fields, source, expected=want,
+                          rel_tol=1e-9, expect_warnings=warn))
+
+    if "creatinine" in inputs:
+        add("plausibility: creatinine 1.2 sent as umol/L (meant mg/dL)",
+            {**base, "creatinine": {"value": 1.2, "unit": "umol/L"}}, ["creatinine"])
+        add("plausibility: creatinine 25 with no unit looks like umol/L",
+            {**base, "creatinine": 25}, ["creatinine"])
+        for sign, label in (("\u00b5", "micro sign"), ("\u03bc", "Greek mu")):
+            add(f"units: creatinine 106.08 {sign}mol/L ({label}) is umol/L",
+                {**base, "creatinine": {"value": 106.08, "unit": f"{sign}mol/L"}}, [])
+        out.append(vector(f"{function}: plausibility: creatinine 106 with no unit is refused",
+                          function, {**base, "creatinine": 106}, "input validation",
+                          expect_error=["creatinine"]))
+    if "cystatin_c" in inputs:
+        add("plausibility: cystatin C 12 mg/L is outside the intended population",
+            {**base, "cystatin_c": 12.0}, ["cystatin_c"])
     return out
 
 

@@ -123,7 +123,9 @@ def vectors(reference: ModuleType) -> list[dict[str, Any]]:
                 for egfr in (10, 15, 22.5, 30, 45, 59.9):
                     valid(f"eGFR grid {tag} eGFR {egfr}", function, {**base, "egfr": egfr}, [])
                 for uacr in (0.5, 3, 30, 300, 3000, 20000):
-                    valid(f"UACR grid {tag} UACR {uacr}", function, {**base, "uacr": uacr}, [])
+                    # 0.5 and 20000 mg/g lie outside the population bounds (1 to 10,000): a warning.
+                    warn = [] if 1 <= uacr <= 10000 else ["uacr"]
+                    valid(f"UACR grid {tag} UACR {uacr}", function, {**base, "uacr": uacr}, warn)
         base = {"age": 60, "sex": "male", "egfr": 30, "uacr": 300, **labs}
         if labs:
             for lab, values in (("albumin", (2.5, 4.5)), ("phosphate", (2.5, 7.0)),
@@ -147,6 +149,20 @@ def vectors(reference: ModuleType) -> list[dict[str, Any]]:
               ["egfr"])
         valid("eGFR 8 (< 10: outside the development population)", function,
               {**base, "egfr": 8}, ["egfr"])
+        # Plausibility: a value that looks like another unit warns naming it (suspect_units).
+        valid("plausibility: eGFR 1.5 looks like mL/s/1.73 m2", function, {**base, "egfr": 1.5},
+              ["egfr"])
+        if labs:
+            for lab, value in (("calcium", 2.4), ("phosphate", 0.9), ("albumin", 7.0),
+                               ("bicarbonate", 8.0)):
+                valid(f"plausibility: {lab} {value} with no unit is doubtful", function,
+                      {**base, lab: value}, [lab])
+            out.append(_vector("plausibility: albumin 40 with no unit is refused, naming g/L",
+                               function, {**base, "albumin": 40}, "input validation",
+                               expect_error=["albumin"]))
+            out.append(_vector("plausibility: calcium 9.5 sent as mmol/L is refused, naming mg/dL",
+                               function, {**base, "calcium": {"value": 9.5, "unit": "mmol/L"}},
+                               "input validation", expect_error=["calcium"]))
         # Must fail.
         for name, fields, bad in (
             ("age 17 (adult equation)", {**base, "age": 17}, ["age"]),
