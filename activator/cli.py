@@ -260,7 +260,7 @@ def _fit_descriptors(limit: int) -> int:
         except (ValueError, OSError):
             pass
     if soft != resource.RLIM_INFINITY and soft < wanted:
-        fitted = max(1, soft - reserve) if soft > 2 * reserve else max(1, soft // 2)
+        fitted = max(1, soft - reserve) if soft > 2 * reserve else max(1, soft // 4)
         click.echo(f"--limit-concurrency {limit} lowered to {fitted}: only {soft} files may be open", err=True)
         return fitted
     return limit

@@ -6,6 +6,7 @@ a subprocess, waits until ``/ready``, and stops it afterwards; tests talk to it 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -77,17 +78,25 @@ def build_shelf(root: Path) -> tuple[Path, Path]:
     return shelf, template
 
 
+def _limit_open_files(count: int) -> None:
+    """In the server's process before it starts: a hard limit on open files, as a small host has."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
 class Server:
     """``kgrid serve SHELF`` on a free port, as its own process."""
 
-    def __init__(self, shelf: Path, *args: str, log: Path | None = None) -> None:
+    def __init__(self, shelf: Path, *args: str, log: Path | None = None, max_open_files: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         command = [sys.executable, "-c", "from kgrid_py.cli import main; main()", "serve", str(shelf)]
         command += ["--port", str(self.port), "--admin-token", ADMIN_TOKEN, *args]
         self._out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.STDOUT)
+        limit = None if max_open_files is None else functools.partial(_limit_open_files, max_open_files)
+        self.process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.STDOUT, preexec_fn=limit)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
