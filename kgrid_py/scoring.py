@@ -66,6 +66,14 @@ __all__ = [
 INPUT_FORMATS = ("csv", "tsv", "parquet", "jsonl")
 OUTPUT_FORMATS = ("parquet", "csv")
 DEFAULT_BATCH_SIZE = 65_536
+# Bounds on what a hostile input file can make a run hold in memory; each refusal names its limit.
+# One CSV/JSON Lines row, the header included (a patient row is < 1 KiB). Arrow parses CSV in
+# blocks of this size: a row up to it is always read, a longer one is refused where it straddles
+# two block boundaries (so never past twice this), which bounds what one row can cost.
+MAX_ROW_BYTES = 16 << 20
+MAX_COLUMNS = 100_000  # columns in a file's header or schema
+MAX_PARQUET_FOOTER_BYTES = 64 << 20  # a Parquet file's metadata, read before anything else
+MAX_ROW_GROUP_BYTES = 512 << 20  # the columns read from one Parquet row group, uncompressed
 _SUFFIXES = {
     ".csv": "csv",
     ".tsv": "tsv",
@@ -495,8 +503,18 @@ class _Reader:
 
 class _ParquetReader(_Reader):
     def __init__(self, path: Path, batch_size: int) -> None:
+        self.path = path
+        footer = _parquet_footer_size(path)
+        if footer > MAX_PARQUET_FOOTER_BYTES:
+            raise ScoringError(
+                f"{path}: its Parquet metadata is {footer:,} bytes, over the {_mib(MAX_PARQUET_FOOTER_BYTES)} limit"
+            )
         # pre_buffer would read ahead every row group it is asked for, i.e. the whole file.
         self.file = pq.ParquetFile(path, pre_buffer=False)
+        width = self.file.metadata.num_columns
+        if width > MAX_COLUMNS:
+            self.file.close()
+            raise ScoringError(f"{path}: {width:,} columns, over the limit of {MAX_COLUMNS:,}")
         self.schema = self.file.schema_arrow
         self.columns = list(self.schema.names)
         self.batch_size = batch_size
@@ -504,15 +522,47 @@ class _ParquetReader(_Reader):
         self.done = 0
 
     def batches(self, needed: list[str]) -> Iterator[tuple[pa.RecordBatch, list[str | None] | None]]:
+        self._check_row_groups(needed)
         for batch in self.file.iter_batches(batch_size=self.batch_size, columns=needed, use_threads=True):
             self.done += batch.num_rows
             yield batch, None
+
+    def _check_row_groups(self, needed: list[str]) -> None:
+        """Refuse, before reading, a row group whose needed columns (a huge string, say) would not fit the bound."""
+        meta = self.file.metadata
+        wanted = set(needed)
+        leaves = [i for i in range(meta.num_columns) if meta.schema.column(i).path.split(".")[0] in wanted]
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            size = sum(group.column(i).total_uncompressed_size for i in leaves)
+            if size > MAX_ROW_GROUP_BYTES:
+                raise ScoringError(
+                    f"{self.path}: row group {g} holds {size:,} bytes of the columns read, over the "
+                    f"{_mib(MAX_ROW_GROUP_BYTES)} limit; write the file with smaller row groups"
+                )
 
     def fraction(self) -> float | None:
         return self.done / self.total if self.total else None
 
     def close(self) -> None:
         self.file.close()
+
+
+def _parquet_footer_size(path: Path) -> int:
+    """The length of a Parquet file's metadata, from its last 8 bytes, read before parsing it."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < 12:
+            raise ScoringError(f"{path}: too short to be a Parquet file")
+        f.seek(-8, os.SEEK_END)
+        tail = f.read(8)
+    if tail[4:] != b"PAR1":
+        raise ScoringError(f"{path}: not a Parquet file (no PAR1 footer)")
+    return int.from_bytes(tail[:4], "little")
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
 
 
 class _CsvReader(_Reader):
@@ -533,13 +583,35 @@ class _CsvReader(_Reader):
         self.raw: _CountingFile | None = None
         self.done = 0
         self.estimated_rows: int | None = None
+        self._check_header()
         with self._stream() as stream:
-            header = pacsv.open_csv(stream, parse_options=self._parse_options())
+            header = pacsv.open_csv(stream, read_options=self._read_options(), parse_options=self._parse_options())
             self.columns = list(header.schema.names)
         self.schema = pa.schema([pa.field(name, pa.string()) for name in self.columns])
 
     def _parse_options(self) -> pacsv.ParseOptions:
         return pacsv.ParseOptions(delimiter=self.delimiter)
+
+    def _read_options(self) -> pacsv.ReadOptions:
+        # Arrow needs each row inside one block: the block size is the bound on a row's length.
+        return pacsv.ReadOptions(block_size=MAX_ROW_BYTES)
+
+    def _check_header(self) -> None:
+        """Refuse an over-long or over-wide header before Arrow builds a schema from it."""
+        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
+        with opener(self.path, "rb") as f:
+            head = f.read(MAX_ROW_BYTES + 1)
+        end = head.find(b"\n")
+        if end < 0 and len(head) > MAX_ROW_BYTES:
+            raise ScoringError(f"{self.path}: the header row is longer than {_mib(MAX_ROW_BYTES)}")
+        header = head if end < 0 else head[:end]
+        if header.count(self.delimiter.encode()) + 1 > MAX_COLUMNS:
+            raise ScoringError(f"{self.path}: the header has more than {MAX_COLUMNS:,} columns")
+
+    def _arrow_error(self, exc: pa.ArrowInvalid) -> ScoringError:
+        if "straddling" in str(exc):  # Arrow's words for a row that does not fit in one block
+            return ScoringError(f"{self.path}: a row is longer than {_mib(MAX_ROW_BYTES)}; refused to bound memory")
+        return ScoringError(f"{self.path}: {exc}")
 
     def _stream(self) -> Any:
         self.raw = _CountingFile(self.path)
@@ -552,13 +624,12 @@ class _CsvReader(_Reader):
         stream = self._stream()
         # Aim for batch_size rows per block: estimate bytes per row from the file's start.
         per_row = self._bytes_per_row()
-        block = min(max(per_row * self.batch_size, 1 << 16), 1 << 28)
         # Arrow reads blocks ahead, so bytes read say little about rows done: estimate the rows.
         if self.path.suffix.lower() != ".gz" and self.raw is not None:
             self.estimated_rows = max(self.raw.size // per_row, 1)
         reader = pacsv.open_csv(
             stream,
-            read_options=pacsv.ReadOptions(block_size=block),
+            read_options=self._read_options(),
             parse_options=self._parse_options(),
             convert_options=self._text_options(needed),
         )
@@ -569,7 +640,7 @@ class _CsvReader(_Reader):
                     self.done += piece.num_rows
                     yield piece, None
         except pa.ArrowInvalid as exc:
-            raise ScoringError(f"{self.path}: {exc}") from None
+            raise self._arrow_error(exc) from None
         finally:
             stream.close()
 
@@ -589,11 +660,14 @@ class _CsvReader(_Reader):
         stream = self._stream()
         try:
             options = self._text_options(names)
-            for batch in pacsv.open_csv(stream, parse_options=self._parse_options(), convert_options=options):
+            batches = pacsv.open_csv(
+                stream, read_options=self._read_options(), parse_options=self._parse_options(), convert_options=options
+            )
+            for batch in batches:
                 for name, kind in state.items():
                     kind.update(batch.column(name))
         except pa.ArrowInvalid as exc:
-            raise ScoringError(f"{self.path}: {exc}") from None
+            raise self._arrow_error(exc) from None
         finally:
             stream.close()
         return {name: kind.type() for name, kind in state.items()}
@@ -675,6 +749,8 @@ class _JsonLinesReader(_Reader):
         for row in self.first[0]:
             if row is not None:
                 keys.update(dict.fromkeys(row))
+                if len(keys) > MAX_COLUMNS:
+                    raise ScoringError(f"{path}: more than {MAX_COLUMNS:,} distinct fields in the first rows")
         self.columns = list(keys)
         self.types: dict[str, pa.DataType] = {}
         self.schema = pa.schema([pa.field(name, self._first_type(name)) for name in self.columns])
@@ -693,18 +769,16 @@ class _JsonLinesReader(_Reader):
     def _read_lines(self) -> tuple[list[dict[str, Any] | None], list[str | None]]:
         rows: list[dict[str, Any] | None] = []
         problems: list[str | None] = []
-        for line in self.text:
+        while line := self.text.readline(MAX_ROW_BYTES + 1):
             self.line_number += 1
-            if not line.strip():
+            if len(line) > MAX_ROW_BYTES and not line.endswith("\n"):
+                while (rest := self.text.readline(MAX_ROW_BYTES)) and not rest.endswith("\n"):
+                    pass  # skip the rest of the line a chunk at a time: memory stays bounded
+                row, problem = None, f"line {self.line_number}: longer than {_mib(MAX_ROW_BYTES)}"
+            elif not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                row, problem = None, f"line {self.line_number}: not valid JSON ({exc.msg})"
             else:
-                problem = None
-                if not isinstance(row, dict):
-                    row, problem = None, f"line {self.line_number}: not a JSON object"
+                row, problem = _json_row(line, self.line_number)
             rows.append(row)
             problems.append(problem)
             if len(rows) >= self.batch_size:
@@ -737,6 +811,22 @@ class _JsonLinesReader(_Reader):
 
     def close(self) -> None:
         self.text.close()
+
+
+def _json_row(line: str, number: int) -> tuple[dict[str, Any] | None, str | None]:
+    """One JSON Lines row, or the reason it is not one (never an exception: a bad line is a bad row)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return None, f"line {number}: not valid JSON ({exc.msg})"
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer; nesting deeper than Python's stack
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).split(";")[0]
+        return None, f"line {number}: not usable JSON ({reason})"
+    if not isinstance(row, dict):
+        return None, f"line {number}: not a JSON object"
+    if len(row) > MAX_COLUMNS:
+        return None, f"line {number}: more than {MAX_COLUMNS:,} fields"
+    return row, None
 
 
 def _text(value: Any) -> str | None:

@@ -340,11 +340,13 @@ def test_interrupted_run_leaves_old_output_and_no_temp_file(ko: KnowledgeObject,
 def test_input_failing_mid_stream_leaves_old_output(ko: KnowledgeObject, work: Path) -> None:
     out = work / "out.csv"
     out.write_text("old\n")
-    source = big_csv(work / "in.csv", 100_000, broken_at=90_000)
+    # Arrow parses CSV in blocks of MAX_ROW_BYTES (16 MiB): the broken row must lie past the first block.
+    source = big_csv(work / "in.csv", 700_000, broken_at=690_000)
+    assert source.stat().st_size > 16 << 20
     seen = []
     with pytest.raises(ScoringError, match="Expected 6 columns, got 8"):
-        score_file(ko, "bmi", source, out, batch_size=1000, on_batch=lambda t: seen.append(t.rows_read))
-    assert seen and seen[-1] < 100_000  # some batches were written to the temporary file first
+        score_file(ko, "bmi", source, out, on_batch=lambda t: seen.append(t.rows_read))
+    assert seen and seen[-1] < 700_000  # some batches were written to the temporary file first
     assert out.read_text() == "old\n"
     assert sorted(p.name for p in work.iterdir()) == ["in.csv", "out.csv"]
 
