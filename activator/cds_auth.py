@@ -36,6 +36,7 @@ Trusted issuers come from a JSON file::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from activator.cds_store import CdsStore
 __all__ = ["ALLOWED_ALGORITHMS", "AuthError", "JwtVerifier", "TrustedIssuer"]
 
 ALLOWED_ALGORITHMS = ("ES256", "ES384", "RS256", "RS384")
+log = logging.getLogger("activator.cds")
 _KEY_TYPES = {"ES": "EC", "RS": "RSA"}
 JWKS_TIMEOUT_S = 5.0
 JWKS_MAX_BYTES = 1_048_576
@@ -96,8 +98,13 @@ class TrustedIssuer:
             unknown = self._keys is None or (kid is not None and all(k.key_id != kid for k in self._keys))
             if (stale or unknown) and now - self._attempted_at >= refresh_s:
                 self._attempted_at = now
-                self._keys = await _fetch_jwks(self.jwks_url)
-                self._fetched_at = time.monotonic()
+                try:
+                    self._keys = await _fetch_jwks(self.jwks_url)
+                    self._fetched_at = time.monotonic()
+                except AuthError:
+                    if self._keys is None:
+                        raise
+                    log.warning("CDS Hooks: refreshing the JWKS of %s failed; keeping the keys held", self.iss)
         if self._keys is None:
             raise AuthError("the issuer's JWKS could not be fetched; try again later")
         return _pick(self._keys, kid)
