@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -14,6 +15,7 @@ from clinical_support import raw_session as _session
 
 import kgrid_py
 from kgrid_py.errors import InputError
+from kgrid_py.ko import read_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 SHELF = REPO / "knowledge_objects"
@@ -167,3 +169,20 @@ def test_umol_per_litre_creatinine_is_converted() -> None:
     mg = ko.call("egfr-cr", {"age": 55, "sex": "male", "creatinine": 1.2}).result
     umol = ko.call("egfr-cr", {"age": 55, "sex": "male", "creatinine": {"value": 106.08, "unit": "umol/L"}}).result
     assert umol["egfr"] == pytest.approx(mg["egfr"], rel=1e-12)
+
+
+def test_titles_say_which_equation_and_year() -> None:
+    """Discovery must never show two services with the same title for different equations."""
+    titles: dict[str, str] = {}
+    for version in VERSIONS:
+        for function in read_metadata(KO / version)[1].functions:
+            for title in (function.title, function.cds.title if function.cds else None):
+                if title is None:
+                    continue
+                assert re.search(r"\b(2009|2012|2021)\b", title), title
+                assert titles.setdefault(title, f"{version}/{function.name}").startswith(version) or (
+                    function.name == "egfr-cys"  # the 2012 cystatin C equation is in both versions
+                ), title
+            if function.name != "egfr-cys":
+                race = "race-based" if version == "1.0.0" else "race-free"
+                assert race in function.title and race in function.cds.title  # type: ignore[union-attr]
