@@ -6,7 +6,7 @@ out = ko.call("four-variable", {"age": 63, "sex": "female", "egfr": 45, "uacr": 
 """
 
 from kgrid_py.curator_errors import CurationError
-from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, KgridError, NotFound
+from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, KgridError, NotFound, RetiredVersion
 from kgrid_py.inputs import InputWarning
 from kgrid_py.ko import BatchResult, CallResult, KnowledgeObject, Provenance
 from kgrid_py.metadata import KOMetadata
@@ -33,6 +33,7 @@ __all__ = [
     "NotFound",
     "Provenance",
     "Reference",
+    "RetiredVersion",
     "RuntimeSettings",
     "Shelf",
     "ShelfEntry",
