@@ -166,7 +166,7 @@ def test_publish_to_url(run, archive: str, activator: tuple[str, Path, list[dict
 
 @pytest.mark.parametrize(
     ("token", "message"),
-    [(None, "HTTP 401 (no or unknown token"), ("wrong-token-0123456789", "HTTP 401"), (READ_TOKEN, "HTTP 403")],
+    [(None, "pass --token or set KGRID_TOKEN"), ("wrong-token-0123456789", "HTTP 401"), (READ_TOKEN, "HTTP 403")],
     ids=["no-token", "unknown-token", "wrong-role"],
 )
 def test_publish_to_url_refused(  # type: ignore[no-untyped-def]
