@@ -30,8 +30,11 @@ __all__ = [
     "CROP_BOX",
     "GRID_SHAPE",
     "MAX_FILE_BYTES",
+    "MIN_MIRROR_CORRELATION",
+    "MIN_NEIGHBOUR_CORRELATION",
     "MNI_AFFINES",
     "MNI_SHAPES",
+    "brain_likeness",
     "grid_coordinates",
     "prepare_volume",
     "resample_to_grid",
@@ -72,6 +75,15 @@ _AFFINE_TOL_MM = 0.1
 # constant or single-spot volume is refused instead of classified (it would come out "female").
 _MIN_FOREGROUND_FRACTION = 0.02
 _MIN_RELATIVE_STD = 1e-6
+# Does it look like a brain in MNI space at all? Random noise was classified "male, 0.9999".
+# On the model grid, measured on the training phantoms (kgrid_py.training.brain_phantoms, 100
+# per split, seeded): neighbouring-voxel correlation >= 0.91 (source_train) and >= 0.97
+# (target_test); left-right mirror correlation >= 0.80 and >= 0.85; nilearn's MNI152 template
+# 0.93 and 1.00. Uniform or Gaussian noise: about 0.00 and 0.00; an intensity ramp across x: 1.00
+# and -1.00. The thresholds sit halfway between noise and the lowest phantom, and the model card
+# documents them.
+MIN_NEIGHBOUR_CORRELATION = 0.5
+MIN_MIRROR_CORRELATION = 0.4
 _FIELD = "image"
 
 
@@ -318,3 +330,22 @@ def _check_content(volume: np.ndarray) -> None:
     threshold = low + 0.1 * (float(np.percentile(values, 99.5)) - low)
     if float(np.mean(values > threshold)) < _MIN_FOREGROUND_FRACTION:
         _fail("too few voxels above background; the volume looks blank, not like a brain")
+    neighbour, mirror = brain_likeness(values)
+    if neighbour < MIN_NEIGHBOUR_CORRELATION or mirror < MIN_MIRROR_CORRELATION:
+        _fail(
+            "the volume does not look like a skull-stripped T1 brain in MNI152 space: neighbouring-voxel "
+            f"correlation {neighbour:.2f} (at least {MIN_NEIGHBOUR_CORRELATION} needed; brains about 0.9), "
+            f"left-right mirror correlation {mirror:.2f} (at least {MIN_MIRROR_CORRELATION}; brains about 0.9)"
+        )
+
+
+def brain_likeness(volume: np.ndarray) -> tuple[float, float]:
+    """(neighbouring-voxel correlation, left-right mirror correlation) of a grid volume.
+
+    A brain on the MNI grid is smooth at 5 mm and nearly symmetric about the midline (the grid's
+    x axis is centred on it); noise is neither, and an image off the grid is not symmetric.
+    """
+    z = (volume - volume.mean()) / volume.std()
+    neighbour = float(np.mean([np.mean(np.diff(z, axis=axis) ** 2) for axis in range(3)]))
+    # For unit-variance data, mean squared difference of neighbours = 2 (1 - correlation).
+    return 1.0 - neighbour / 2.0, float(np.mean(z * z[::-1]))

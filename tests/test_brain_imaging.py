@@ -20,11 +20,15 @@ from kgrid_py.imaging import (
     CROP_BOX,
     GRID_SHAPE,
     MAX_FILE_BYTES,
+    MIN_MIRROR_CORRELATION,
+    MIN_NEIGHBOUR_CORRELATION,
     MNI_AFFINES,
     MNI_SHAPES,
+    brain_likeness,
     prepare_volume,
     resample_to_grid,
 )
+from kgrid_py.ko import KnowledgeObject
 
 
 def _painted(volume: np.ndarray, resolution: int) -> np.ndarray:
@@ -260,3 +264,49 @@ def test_oversized_file_path_is_refused_unread(tmp_path: Path) -> None:
     with path.open("wb") as file:
         file.truncate(MAX_FILE_BYTES + 1)  # sparse: no disk used
     _assert_refused(path, "larger than the largest volume accepted")
+
+
+# -- does it look like a brain? (issue 11: noise was classified "male, 0.9999") ----------------
+
+
+@pytest.mark.parametrize(
+    "volume",
+    [
+        pytest.param(np.random.default_rng(1).random(GRID_SHAPE), id="uniform-noise"),
+        pytest.param(np.random.default_rng(2).normal(size=GRID_SHAPE), id="gaussian-noise"),
+        pytest.param(np.broadcast_to(np.arange(32.0)[:, None, None], GRID_SHAPE).copy(), id="ramp-across-x"),
+    ],
+)
+def test_non_brains_are_refused(volume: np.ndarray) -> None:
+    _assert_refused(volume, "does not look like a skull-stripped T1 brain in MNI152 space")
+
+
+def test_noise_on_the_mni_grid_is_refused_too() -> None:
+    noise = np.random.default_rng(3).random(MNI_SHAPES[2]).astype(np.float32)
+    _assert_refused(_nifti_bytes(noise, MNI_AFFINES[2], gz=True), "does not look like")
+
+
+def test_brain_ko_refuses_noise_instead_of_answering() -> None:
+    ko = KnowledgeObject.from_path(Path(__file__).resolve().parents[1] / "knowledge_objects/brain-sex-dann/1.0.0")
+    with pytest.raises(InputError) as caught:
+        ko.call("classify", {"image": np.random.default_rng(4).random((1, *GRID_SHAPE)).astype(np.float32)})
+    assert [e.field for e in caught.value.errors] == ["image"]
+    batch = ko.call_batch("classify", {"image": [np.random.default_rng(5).random(GRID_SHAPE).tolist()]})
+    assert batch.errors[0] is not None and "does not look like" in batch.errors[0]
+
+
+def test_phantoms_and_the_template_pass_with_margin() -> None:
+    """Real phantoms from both sites (and nilearn's template) clear both thresholds with room."""
+    pytest.importorskip("nilearn", reason="the phantom generator needs nilearn's MNI152 maps")
+    from nilearn import datasets
+
+    from kgrid_py.training import brain_phantoms as bp
+
+    for split in ("source_train", "target_test"):
+        for image in bp.generate(split, 12).images:
+            neighbour, mirror = brain_likeness(image.reshape(GRID_SHAPE).astype(np.float64))
+            assert neighbour > MIN_NEIGHBOUR_CORRELATION + 0.3
+            assert mirror > MIN_MIRROR_CORRELATION + 0.3
+            prepare_volume(image.reshape(GRID_SHAPE))  # accepted
+    template = prepare_volume(datasets.load_mni152_template(resolution=2).to_bytes())[0]
+    assert min(brain_likeness(template.astype(np.float64))) > 0.9
