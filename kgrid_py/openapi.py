@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from kgrid_py.metadata import Bounds, FieldSpec, FunctionSpec, KOMetadata, OutputSpec
+from kgrid_py.units import MAX_UNIT_LENGTH
 
-__all__ = ["field_schema", "input_schema", "output_schema", "service_spec", "service_yaml"]
+__all__ = ["accepted_spellings", "field_schema", "input_schema", "output_schema", "service_spec", "service_yaml"]
 
 _JSON_TYPES = {"number": "number", "integer": "integer", "boolean": "boolean", "enum": "string"}
 
@@ -20,6 +22,26 @@ def _with_bounds(schema: dict[str, Any], bounds: Bounds | None) -> dict[str, Any
         if bounds.maximum is not None:
             schema["exclusiveMaximum" if bounds.exclusive_maximum else "maximum"] = bounds.maximum
     return schema
+
+
+# The micro signs the unit parser reads as UCUM's "u" (µ MICRO SIGN, μ GREEK SMALL LETTER MU).
+_MICRO = ("\u00b5", "\u03bc")
+_ANY_MICRO = re.compile("[\u00b5\u03bc]")
+_MICRO_PREFIX = re.compile(r"(?:^|(?<=[/.]))u(?=[a-zA-Z])")  # "u" opening an atom: umol/L, mg/ug
+
+
+def accepted_spellings(spec: FieldSpec) -> list[str]:
+    """Every unit spelling the input is documented to accept: its unit, the metadata's accepted units,
+    and each with a micro sign where UCUM writes ``u`` (``umol/L`` is also ``µmol/L``)."""
+    if not spec.unit:
+        return []
+    spellings: list[str] = []
+    for unit in [spec.unit, *(u.unit for u in spec.accepted_units)]:
+        ascii_unit = _ANY_MICRO.sub("u", unit)
+        for spelling in (unit, ascii_unit, *(_MICRO_PREFIX.sub(m, ascii_unit) for m in _MICRO)):
+            if spelling not in spellings:
+                spellings.append(spelling)
+    return spellings
 
 
 def field_schema(spec: FieldSpec) -> dict[str, Any]:
@@ -39,11 +61,18 @@ def field_schema(spec: FieldSpec) -> dict[str, Any]:
     if spec.type in ("number", "integer"):
         # Hard bounds apply after unit conversion, so only a value in the declared unit is bounded here.
         plain = _with_bounds(plain, spec.hard_bounds)
-        units = [spec.unit, *(u.unit for u in spec.accepted_units)] if spec.unit else []
+        units = accepted_spellings(spec)
         if units:
+            unit_schema = {
+                "type": "string",
+                "enum": units,
+                "maxLength": MAX_UNIT_LENGTH,
+                "description": f"Any of these; other UCUM units of the same dimension as {spec.unit} are converted "
+                "too. Hard bounds apply after conversion.",
+            }
             quantity = {
                 "type": "object",
-                "properties": {"value": {"type": "number"}, "unit": {"type": "string", "enum": units}},
+                "properties": {"value": {"type": "number"}, "unit": unit_schema},
                 "required": ["value"],
                 "additionalProperties": False,
             }
