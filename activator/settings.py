@@ -57,8 +57,9 @@ class Settings:
     trust_dir: Path | None = None
     # The largest archive POST /kos takes (refused with 413 before it is read past this).
     max_archive_bytes: int = 256 * 1_048_576
-    # The most items a batch (a JSON array, or an OIP tensor's first dimension) may hold: 1,000 rows
-    # hold one inference thread for ~0.2 s and answer at most ~0.5 MB (benchmarks/RESULTS.md).
+    # The most items a batch (a JSON array, or an OIP tensor's first dimension) may hold. Measured on
+    # 2 shared cores with the demo KO: 1,000 rows hold one inference thread ~0.2 s and answer at most
+    # ~0.6 MB (rows of 30 unknown keys; 10,000 good rows took 1.4 s).
     max_batch_rows: int = 1000
     # Seconds a connection may take to send a request's headers (from connecting, or from the end
     # of the previous response), to send the whole body, and may sit idle between requests.
