@@ -227,9 +227,7 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
             else:
                 result = [o.result if isinstance(o, CallResult) else None for o in outcomes]
             info["warnings"] = [o.warnings if isinstance(o, CallResult) else [] for o in outcomes]
-            info["errors"] = [
-                field_errors(o, MAX_ROW_ERRORS) if isinstance(o, InputError) else None for o in outcomes
-            ]
+            info["errors"] = [field_errors(o, MAX_ROW_ERRORS) if isinstance(o, InputError) else None for o in outcomes]
         else:
             try:
                 out = await state.dispatcher.run(ko.call, endpoint, inputs)
