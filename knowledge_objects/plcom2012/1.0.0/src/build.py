@@ -136,6 +136,9 @@ def vectors(reference: ModuleType) -> list[dict[str, Any]]:
         valid(f"age {age}, current smoker, 40 pack-years", {**CURRENT, "age": age, "smoking_years": min(40, age - 15)})
     for flag in ("copd", "personal_cancer_history", "family_lung_cancer_history"):
         valid(f"{flag} true", {**BASE, flag: True})
+    # Booleans accept 1/0 (numbers or text) in every path, as the README says; the result is true's.
+    valid("copd given as 1 (read as true)", {**BASE, "copd": 1})
+    valid("copd given as 0 (read as false)", {**BASE, "copd": 0})
     valid(
         "all risk factors, current smoker",
         {
@@ -178,7 +181,8 @@ def vectors(reference: ModuleType) -> list[dict[str, Any]]:
         ("never smoker (out of scope)", {**BASE, "smoking_status": "never"}, ["smoking_status"]),
         ("age 17", {**BASE, "age": 17}, ["age"]),
         ("BMI 0", {**BASE, "bmi": 0}, ["bmi"]),
-        ("copd given as 1 instead of true", {**BASE, "copd": 1}, ["copd"]),
+        ("copd given as 2 (not a boolean)", {**BASE, "copd": 2}, ["copd"]),
+        ('copd given as "yes" (never guessed)', {**BASE, "copd": "yes"}, ["copd"]),
         ("threshold above 1", {**BASE, "threshold": 1.5}, ["threshold"]),
         ("years_since_quit negative", {**BASE, "years_since_quit": -1}, ["years_since_quit"]),
         ("smoking_years missing", {k: v for k, v in BASE.items() if k != "smoking_years"}, ["smoking_years"]),
