@@ -29,6 +29,7 @@ java:
 
 test: $(VENV)/.installed-test java
 	$(BIN)/ruff check kgrid_py activator knowledge_objects tests benchmarks
+	$(BIN)/lint-imports
 	KGRID_NO_SKIP=1 $(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed-test

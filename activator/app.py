@@ -19,23 +19,18 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import Scope
 
-from activator import oip, routes_kgrid
 from activator.dispatch import Dispatcher
-from activator.docs import docs_page
-from activator.http import State, json_response, parse_json, read_body, state_of
+from activator.http import State
 from activator.logs import RateLimited, SafeFormatter
-from activator.metrics import CONTENT_TYPE_LATEST, Metrics
+from activator.metrics import Metrics
 from activator.middleware import RequestContext
-from activator.openapi import combined_spec
-from activator.problems import Problem, exception_handlers
-from activator.publishing import Publishing
-from activator.registry import Registry, Snapshot
-from activator.reloading import catch_up, reload, reload_everywhere
+from activator.problems import exception_handlers
+from activator.registry import Registry
+from activator.reloading import catch_up, reload
+from activator.routes import kgrid, oip, service
+from activator.routes.publishing import Publishing
 from activator.settings import Settings
 from activator.workers import Generations
 from kgrid_py.runtime import RuntimeSettings
@@ -43,73 +38,6 @@ from kgrid_py.runtime import RuntimeSettings
 __all__ = ["app_from_env", "configure_logging", "create_app"]
 
 log = logging.getLogger("activator")
-
-
-# -- service routes --------------------------------------------------------------------------------
-
-
-async def root(request: Request) -> Response:
-    return json_response(
-        {
-            "name": "kgrid-py activator",
-            "links": {
-                "health": "/health",
-                "ready": "/ready",
-                "metrics": "/metrics",
-                "kos": "/kos",
-                "openapi": "/openapi.json",
-                "docs": "/docs",
-                "call (KGrid 1.x)": "/{id}/{version}/{endpoint}",
-                "call (KGrid 2.0)": "/endpoints/{id}/{endpoint}?v={version-or-range}",
-                "open inference protocol": "/v2",
-            },
-        }
-    )
-
-
-async def health(request: Request) -> Response:
-    return json_response({"status": "live"})
-
-
-async def ready(request: Request) -> Response:
-    registry = state_of(request).registry
-    if not registry.ready:
-        raise Problem(503, "the shelf is still loading", headers={"Retry-After": "1"})
-    return json_response({"status": "ready", **_loaded(registry.current)})
-
-
-async def metrics(request: Request) -> Response:
-    return Response(state_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def openapi(request: Request) -> Response:
-    return json_response(combined_spec(routes_kgrid.snapshot_of(request)))
-
-
-async def admin_reload(request: Request) -> Response:
-    state = state_of(request)
-    # --admin-token, or a token with the admin role (--tokens); the other workers reload too.
-    actor = request.app.state.publishing.authorize_reload(request, state.settings.admin_token)
-    snapshot = await reload_everywhere(state)
-    await request.app.state.publishing.audit(
-        state, action="reload", outcome="reloaded", actor=actor, generation=snapshot.generation
-    )
-    return json_response(_loaded(snapshot))
-
-
-def _loaded(snapshot: Snapshot) -> dict[str, Any]:
-    """What /ready and /admin/reload say about a snapshot: its generation, what is served, what failed."""
-    return {
-        "generation": snapshot.generation,
-        "served": [f"{e.ko_id}@{e.version}" for e, _ in snapshot.served()],
-        "failed": [f.as_dict() for f in snapshot.failed],
-    }
-
-
-async def bench_echo(request: Request) -> Response:
-    """Parse JSON and return it on the same stack as a KO call: the benchmark's baseline."""
-    body = parse_json(await read_body(request, state_of(request).settings.max_body_bytes))
-    return json_response({"result": body, "info": {"request_id": request.scope.get("request_id")}})
 
 
 # -- loading and watching ----------------------------------------------------------------------------
@@ -196,17 +124,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         # The call routes first: they are the hot path, and every route tried before costs a regex
         # match. The KGrid 1.x route yields to every other route's first segment (kos, v2, ...).
-        *routes_kgrid.call_routes(),
-        Route("/", root, methods=["GET"]),
-        Route("/health", health, methods=["GET"]),
-        Route("/ready", ready, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/docs", docs_page, methods=["GET"]),
-        Route("/admin/reload", admin_reload, methods=["POST"]),
-        *([Route("/_bench/echo", bench_echo, methods=["POST"])] if settings.bench_echo else []),
+        *kgrid.call_routes(),
+        *service.routes(settings),
         *_cds_routes(settings),
-        *routes_kgrid.routes,
+        *kgrid.routes,
         *publishing.routes,  # after GET /kos: a 405 on /kos then answers Allow: GET, HEAD as before
         *oip.routes,
     ]
@@ -226,7 +147,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
     app.state.publishing = publishing
     for route in app.router.routes:
-        if isinstance(route, routes_kgrid.KORoute):
+        if isinstance(route, kgrid.KORoute):
             route.siblings = app.router.routes  # the live list: routes added later are seen too
     return app
 
@@ -250,7 +171,7 @@ def _served_kos(request: Any) -> list[Any]:
 
 def _cds_routes(settings: Settings) -> list[Any]:
     """CDS Hooks 2.0 services for every served KO function that declares FHIR bindings."""
-    from activator.cds_hooks import CdsHooks, CdsSettings
+    from activator.routes.cds_hooks import CdsHooks, CdsSettings
 
     cds = CdsHooks(
         _served_kos,

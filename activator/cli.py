@@ -283,8 +283,8 @@ def _sync_manifest(
     url: str, cache_dir: Path | None, require_signature: bool, trust_dir: Path | None, max_archive_bytes: int
 ) -> Path:
     """Download and check a remote manifest's archives into the cache; the local shelf to serve."""
-    from activator.publishing import publish_policy
-    from kgrid_py.remote import sync
+    from activator.routes.publishing import publish_policy
+    from kgrid_py.curation.remote import sync
 
     policy = publish_policy(require_signature, trust_dir, max_archive_bytes)
     cache = cache_dir or Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
@@ -298,8 +298,8 @@ def _sync_manifest(
 
 def _check_tokens(tokens_file: Path | None) -> None:
     """Fail at start-up, with the reason, on a token config the workers could not read."""
+    from kgrid_py.curation.tokens import TokenStore
     from kgrid_py.errors import KgridError
-    from kgrid_py.tokens import TokenStore
 
     try:
         TokenStore.from_file(tokens_file) if tokens_file else TokenStore.from_env()

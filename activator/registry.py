@@ -18,8 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from activator.problems import without_paths
+from kgrid_py.curation.audit import recover
 from kgrid_py.errors import KgridError, NotFound
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.runtime import RuntimeSettings
@@ -123,10 +125,18 @@ class Registry:
         self._cache: dict[Path, tuple[Signature, KnowledgeObject | FailedKO | None]] = {}
         self._lock = threading.Lock()
 
+    def _recover(self) -> None:
+        """Finish publications a killed process left half-recorded, before serving what they made visible."""
+        try:
+            recover(self.shelf.root)
+        except OSError as exc:  # a read-only shelf: serve it as it is
+            log.warning("%s: could not recover interrupted publications: %s", self.shelf.root, exc)
+
     def reload(self) -> Snapshot:
         """Scan the shelf, load what changed, and publish the new snapshot. Blocking: run it in a thread."""
         with self._lock:
             started = time.perf_counter()
+            self._recover()
             entries, broken = self.shelf.scan()
             failed = [_broken(self.shelf.root, b.path, b.reason) for b in broken]
             listed: list[ShelfEntry] = []
@@ -204,3 +214,12 @@ def _broken(root: Path, path: Path, reason: str) -> FailedKO:
     ko_id = parts[0] if parts else str(path)
     version = parts[1] if len(parts) > 1 else None
     return FailedKO(ko_id, version, path, reason)
+
+
+def describe(snapshot: Snapshot) -> dict[str, Any]:
+    """What /ready and /admin/reload say about a snapshot: its generation, what is served, what failed."""
+    return {
+        "generation": snapshot.generation,
+        "served": [f"{e.ko_id}@{e.version}" for e, _ in snapshot.served()],
+        "failed": [f.as_dict() for f in snapshot.failed],
+    }

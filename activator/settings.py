@@ -49,7 +49,7 @@ class Settings:
     # Proxies whose X-Forwarded-For/-Proto uvicorn honours (comma-separated IPs or networks; none by default).
     forwarded_allow_ips: str | None = None
     # Publishing (POST /kos) and lifecycle (POST /kos/{id}/{version}/status): bearer tokens with
-    # roles from this JSON file, else from KGRID_TOKENS_FILE / KGRID_TOKENS (kgrid_py.tokens).
+    # roles from this JSON file, else from KGRID_TOKENS_FILE / KGRID_TOKENS (kgrid_py.curation.tokens).
     tokens_file: Path | None = None
     # Refuse archives without a signature from a key in trust_dir (a present signature is checked
     # whenever trust_dir is set).

@@ -3,13 +3,13 @@
     python benchmarks/population_scoring.py --rows 10000000 --spark-rows 1000000
 
 For each KO, in one run:
-1. end to end: ``kgrid_py.scoring.score_file`` from the synthetic Parquet file to a new Parquet
+1. end to end: ``kgrid_py.population.scoring.score_file`` from the synthetic Parquet file to a new Parquet
    file (``--keep id``), in a fresh child process so that its peak RSS (``ru_maxrss``) is its own;
 2. raw ONNX Runtime: ``InferenceSession.run`` on the same rows, already decoded into the graph's
    float64 feeds in memory, batch by batch at the same batch size, one intra-op thread (as the
    library's sessions);
 3. numpy: the same equation written with numpy on the same arrays (checked against ORT);
-4. Spark local mode (``local[2]``): ``kgrid_py.spark.score`` on ``--spark-rows`` rows, read from
+4. Spark local mode (``local[2]``): ``kgrid_py.population.spark.score`` on ``--spark-rows`` rows, read from
    Parquet and written to Parquet (session start-up excluded).
 Writes a Markdown table to stdout and the figures as JSON to ``--json``.
 """
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import synthetic_patients  # noqa: E402
 
 import kgrid_py  # noqa: E402
-from kgrid_py.scoring import score_file  # noqa: E402
+from kgrid_py.population.scoring import score_file  # noqa: E402
 
 CASES = {
     "kfre": ("kfre@1.0.0", "four-variable"),
@@ -178,7 +178,7 @@ def spark_figure(kind: str, rows: int, data: Path, batch_size: int) -> dict:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    from kgrid_py.spark import score
+    from kgrid_py.population.spark import score
 
     source = data / f"{kind}-spark-{rows}.parquet"
     if not source.exists():  # several row groups, so that both cores get partitions

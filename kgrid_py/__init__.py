@@ -3,15 +3,27 @@
 import kgrid_py
 ko = kgrid_py.load("kfre@1", shelf="knowledge_objects")
 out = ko.call("four-variable", {"age": 63, "sex": "female", "egfr": 45, "uacr": 30})
+
+The package is layered (the contracts are in pyproject.toml and checked by ``lint-imports``):
+the core modules at this level (errors, digest, metadata, schema, units, inputs, columns,
+plausibility, runtime, imaging, fhir, openapi, ko, vectors, shelf) import nothing above them;
+:mod:`kgrid_py.curation`, :mod:`kgrid_py.population` and :mod:`kgrid_py.learning` build on the
+core; :mod:`kgrid_py.cli` sits on top. This module is the public face over all of them.
 """
 
-from kgrid_py.curator_errors import CurationError
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kgrid_py import shelf as _shelf
+from kgrid_py.curation.errors import CurationError
 from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, KgridError, NotFound, RetiredVersion
 from kgrid_py.inputs import InputWarning
 from kgrid_py.ko import BatchResult, CallResult, KnowledgeObject, Provenance
 from kgrid_py.metadata import KOMetadata
 from kgrid_py.runtime import RuntimeSettings
-from kgrid_py.shelf import InvalidReference, Reference, Shelf, ShelfEntry, load
+from kgrid_py.shelf import InvalidReference, Reference, Shelf, ShelfEntry
 from kgrid_py.units import UnitMismatch
 from kgrid_py.vectors import TestVector, TestVectors
 
@@ -43,3 +55,30 @@ __all__ = [
     "__version__",
     "load",
 ]
+
+
+def load(
+    ref: str | os.PathLike[str],
+    shelf: str | os.PathLike[str] | None = None,
+    *,
+    verify_vectors: bool = False,
+    allow_retired: bool = False,
+) -> KnowledgeObject:
+    """Load a KO by reference (``kfre``, ``kfre@1``, ``kfre@^1.2``, ``kfre@1.0.0``) or by path.
+
+    The shelf is ``shelf``, else ``$KGRID_SHELF``, else ``./knowledge_objects``. A shelf that is
+    an ``http(s)://`` KGrid manifest URL is synced first (:func:`kgrid_py.curation.remote.sync`:
+    download, verify, publish into a cache shelf) into ``$KGRID_CACHE``, else
+    ``~/.cache/kgrid-py``, and loaded from there.
+
+    Raises :class:`RetiredVersion` for a retired version unless ``allow_retired`` (a reference
+    without an exact version never picks one); warns (``DeprecationWarning``) for a deprecated
+    one, whose results then carry a warning naming its successor and sunset.
+    """
+    where = os.fspath(shelf) if shelf is not None else os.environ.get("KGRID_SHELF", _shelf.DEFAULT_SHELF)
+    if _shelf.is_manifest_url(where):
+        from kgrid_py.curation.remote import sync  # only a remote shelf needs the publishing machinery
+
+        cache = Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
+        where = os.fspath(sync(where, cache).shelf)
+    return _shelf.load(ref, where, verify_vectors=verify_vectors, allow_retired=allow_retired, stacklevel=3)

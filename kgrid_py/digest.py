@@ -94,7 +94,7 @@ def collect_files(ko_dir: Path) -> list[tuple[str, Path]]:
     """The files a KO folder is made of, sorted: no hidden files, no ``__pycache__``, no links.
 
     Raises ``ValueError`` for a symlink, a special file, or a file named like an archive entry
-    (``manifest.json``, ``signature.json``); :mod:`kgrid_py.archive` turns it into a refusal.
+    (``manifest.json``, ``signature.json``); :mod:`kgrid_py.curation.archive` turns it into a refusal.
     """
     ko_dir = Path(ko_dir)
     found: list[tuple[str, Path]] = []

@@ -8,9 +8,9 @@
     ├── InputError         a call's inputs are unusable; ``.errors`` has one entry per field
     ├── UnitMismatch       a UCUM unit cannot be parsed or converted (kgrid_py.units)
     ├── InvalidReference   a KO reference cannot be parsed (kgrid_py.shelf)
-    ├── CurationError      packing, signing, publishing or lifecycle refused (kgrid_py.curator_errors)
+    ├── CurationError      packing, signing, publishing or lifecycle refused (kgrid_py.curation.errors)
     ├── FhirDataError      FHIR data that cannot be used (kgrid_py.fhir)
-    └── ScoringError       a file cannot be scored as asked (kgrid_py.scoring)
+    └── ScoringError       a file cannot be scored as asked (kgrid_py.population.scoring)
 
 Each subclasses ``ValueError`` or ``LookupError`` too, so callers that catch the builtins still work.
 """

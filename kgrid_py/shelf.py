@@ -24,7 +24,6 @@ from typing import Any
 
 import semantic_version
 
-from kgrid_py.audit import lifecycle_record, recover
 from kgrid_py.errors import KgridError, NotFound, RetiredVersion
 from kgrid_py.ko import METADATA_FILE, KnowledgeObject
 from kgrid_py.metadata import KO_ID_PATTERN
@@ -41,6 +40,8 @@ __all__ = [
 ]
 
 DEFAULT_SHELF = "knowledge_objects"
+STATE_DIR = ".kgrid"
+"""A shelf's own bookkeeping folder (never scanned: dot folders are skipped); curation writes it."""
 SERVABLE = ("active", "deprecated")
 RESERVED_IDS = frozenset(
     {"admin", "cds-services", "docs", "endpoints", "health", "kos", "metrics", "ready", "static", "ui", "v2"}
@@ -126,10 +127,6 @@ class Shelf:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        try:  # finish a publication a killed process left half-recorded (kgrid_py.audit.recover)
-            recover(self.root)
-        except OSError as exc:  # a read-only shelf: serve it as it is
-            log.warning("%s: could not recover interrupted publications: %s", self.root, exc)
 
     def scan(self) -> tuple[list[ShelfEntry], list[BrokenEntry]]:
         """Every KO version on the shelf, sorted by id then semantic version, and the broken ones."""
@@ -196,6 +193,19 @@ def _load_checked(
     return ko
 
 
+def lifecycle_record(shelf: Path, ko_id: str, version: str) -> dict[str, Any]:
+    """A version's dates (``deprecated_at``, ``sunset``, ``retired_at``); {} when none or unreadable.
+
+    :mod:`kgrid_py.curation.lifecycle` writes them to ``<shelf>/.kgrid/lifecycle/<id>/<version>.json``.
+    """
+    path = Path(shelf) / STATE_DIR / "lifecycle" / ko_id / f"{version}.json"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def resolve_among(entries: list[ShelfEntry], reference: Reference) -> ShelfEntry:
     """Pick from ``entries`` what ``reference`` names (shared by shelves and the activator)."""
     versions = [e for e in entries if e.ko_id == reference.ko_id]
@@ -224,12 +234,14 @@ def load(
     *,
     verify_vectors: bool = False,
     allow_retired: bool = False,
+    stacklevel: int = 2,
 ) -> KnowledgeObject:
-    """Load a KO by reference (``kfre``, ``kfre@1``, ``kfre@^1.2``, ``kfre@1.0.0``) or by path.
+    """Load a KO by reference (``kfre``, ``kfre@1``, ``kfre@^1.2``, ``kfre@1.0.0``) or by path, from a local shelf.
 
-    The shelf is ``shelf``, else ``$KGRID_SHELF``, else ``./knowledge_objects``. A shelf that is
-    an ``http(s)://`` KGrid manifest URL is synced first (:func:`kgrid_py.remote.sync`: download,
-    verify, publish) into ``$KGRID_CACHE``, else ``~/.cache/kgrid-py``, and loaded from there.
+    The shelf is ``shelf``, else ``$KGRID_SHELF``, else ``./knowledge_objects``. A KGrid manifest
+    URL is not a local shelf: :func:`kgrid_py.load` syncs one first (through the curation package's
+    publishing checks) and then calls this. ``stacklevel`` places the ``DeprecationWarning`` at
+    the caller's line.
 
     Raises :class:`~kgrid_py.errors.RetiredVersion` for a retired version unless ``allow_retired``
     (a reference without an exact version never picks one); warns (``DeprecationWarning``) for a
@@ -239,14 +251,14 @@ def load(
     candidate = Path(text)
     options: dict[str, Any] = {"verify_vectors": verify_vectors}
     if ("/" in text or os.sep in text or text.startswith(".")) and (candidate / METADATA_FILE).exists():
-        return _load_checked(candidate, None, allow_retired, options, stacklevel=3)
+        return _load_checked(candidate, None, allow_retired, options, stacklevel=stacklevel + 1)
     where = os.fspath(shelf) if shelf is not None else os.environ.get("KGRID_SHELF", DEFAULT_SHELF)
-    if where.startswith(("http://", "https://")):
-        from kgrid_py.remote import sync  # remote imports this module
+    if is_manifest_url(where):
+        raise InvalidReference(f"{where} is a KGrid manifest URL, not a shelf folder: load it with kgrid_py.load")
+    shelf_ = Shelf(where)
+    return _load_checked(shelf_.resolve(text).path, shelf_.root, allow_retired, options, stacklevel=stacklevel + 1)
 
-        cache = Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
-        root = sync(where, cache).shelf
-    else:
-        root = Path(where)
-    shelf_ = Shelf(root)
-    return _load_checked(shelf_.resolve(text).path, shelf_.root, allow_retired, options, stacklevel=3)
+
+def is_manifest_url(where: str) -> bool:
+    """Whether a shelf setting names a remote KGrid manifest rather than a folder."""
+    return where.startswith(("http://", "https://"))

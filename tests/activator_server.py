@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 from demo_ko import write_demo_ko
 
-from kgrid_py.build import seal
+from kgrid_py.curation.build import seal
 
 ADMIN_TOKEN = "test-admin-token"
 GOOD = {"weight": 70, "height": 1.75, "sex": "female", "age": 40}

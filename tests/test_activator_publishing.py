@@ -24,12 +24,12 @@ from archives import entries_of, rebuild
 from click.testing import CliRunner
 from demo_ko import write_demo_ko
 
-from kgrid_py.archive import pack
-from kgrid_py.audit import read_audit
-from kgrid_py.build import seal
 from kgrid_py.cli import cli
-from kgrid_py.signing import generate_keypair, load_private_key, sign_archive
-from kgrid_py.tokens import hash_token
+from kgrid_py.curation.archive import pack
+from kgrid_py.curation.audit import read_audit
+from kgrid_py.curation.build import seal
+from kgrid_py.curation.signing import generate_keypair, load_private_key, sign_archive
+from kgrid_py.curation.tokens import hash_token
 
 PUBLISH_TOKEN = "pub-0123456789-abcdefghij-secret"
 ADMIN_TOKEN_ROLE = "adm-0123456789-abcdefghij-secret"

@@ -15,7 +15,7 @@ import pytest
 from activator_server import ADMIN_TOKEN, GOOD, Server, publish
 from demo_ko import write_demo_ko
 
-from kgrid_py.build import seal
+from kgrid_py.curation.build import seal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from http_load import closed_loop  # the benchmark's raw keep-alive client

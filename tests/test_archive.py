@@ -14,9 +14,9 @@ import onnx
 import pytest
 from archives import build_zip, entries_of, manifest_for, rebuild, refuse, snapshot, symlink_info, with_metadata
 
-from kgrid_py.archive import MANIFEST_NAME, ArchiveLimits, extract, inspect, pack
-from kgrid_py.build import seal
-from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge, http_status
+from kgrid_py.curation.archive import MANIFEST_NAME, ArchiveLimits, extract, inspect, pack
+from kgrid_py.curation.build import seal
+from kgrid_py.curation.errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge, http_status
 from kgrid_py.errors import IntegrityError
 from kgrid_py.ko import KnowledgeObject
 

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import kgrid_py
-from kgrid_py.build import seal
+from kgrid_py.curation.build import seal
 from kgrid_py.errors import InputError, IntegrityError, InvalidKO
 
 PATIENT = {"weight": 70, "height": 1.75, "sex": "female", "age": 40}

@@ -27,8 +27,8 @@ from fastapi import FastAPI
 from fhir_data import PLCO_DIRECT, creatinine, egfr, patient, plco_resources, quantity_obs, searchset, uacr
 
 from activator.cds_auth import JwtVerifier, TrustedIssuer
-from activator.cds_hooks import CdsHooks, CdsSettings
 from activator.cds_store import CdsStore
+from activator.routes.cds_hooks import CdsHooks, CdsSettings
 from kgrid_py.ko import KnowledgeObject
 
 SHELF = Path(__file__).resolve().parent.parent / "knowledge_objects"

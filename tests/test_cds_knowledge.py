@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from fhir_data import creatinine, patient, searchset
 from test_cds_hooks import _serve
 
-from activator.cds_hooks import CdsHooks, CdsSettings, display_unit, services_of
+from activator.routes.cds_hooks import CdsHooks, CdsSettings, display_unit, services_of
 from kgrid_py.ko import KnowledgeObject
 
 SHELF = Path(__file__).resolve().parent.parent / "knowledge_objects"

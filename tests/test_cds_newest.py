@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fhir_data import creatinine, patient, quantity_obs, searchset
 from test_cds_hooks import _free_port, _serve
 
-from activator.cds_hooks import CdsHooks, CdsSettings
+from activator.routes.cds_hooks import CdsHooks, CdsSettings
 from kgrid_py.fhir import FhirData, map_inputs
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.metadata import Code

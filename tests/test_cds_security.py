@@ -31,8 +31,8 @@ from starlette.routing import Route
 from test_cds_hooks import _jwks, _serve, token
 
 from activator.cds_auth import AuthError, JwtVerifier, TrustedIssuer
-from activator.cds_hooks import CdsHooks, CdsSettings
 from activator.cds_store import CdsStore
+from activator.routes.cds_hooks import CdsHooks, CdsSettings
 from kgrid_py.ko import KnowledgeObject
 
 SHELF = Path(__file__).resolve().parent.parent / "knowledge_objects"
@@ -374,7 +374,7 @@ def test_fhir_servers_are_allow_listed_per_issuer(tmp_path: Path) -> None:
     )
     verifier = JwtVerifier.from_file(config)
     assert verifier.issuers[ISSUER].fhir_servers == ("https://fhir.example.org/r4",)
-    from activator.cds_hooks import _allowed
+    from activator.routes.cds_hooks import _allowed
 
     allowed = ("https://fhir.example.org/r4",)
     assert _allowed("https://fhir.example.org/r4", allowed)

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from demo_ko import metadata
 
-from kgrid_py.compat import check_version, compare, needs_major
-from kgrid_py.curator_errors import IncompatibleChange
+from kgrid_py.curation.compat import check_version, compare, needs_major
+from kgrid_py.curation.errors import IncompatibleChange
 from kgrid_py.metadata import KOMetadata
 
 

@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from demo_ko import write_demo_ko
 
 from kgrid_py.cli import cli
-from kgrid_py.scaffold import reference_risk
+from kgrid_py.curation.scaffold import reference_risk
+from kgrid_py.curation.tokens import TokenStore, hash_token
 from kgrid_py.shelf import RESERVED_IDS
-from kgrid_py.tokens import TokenStore, hash_token
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["validate", "test", "info", "list", "run", "build", "init", "pack", "keygen", "sign", "verify"]
@@ -49,7 +49,7 @@ def _break_a_vector(path: Path) -> None:
     vectors = json.loads((path / "tests.json").read_text())
     vectors["vectors"][0]["expected"]["bmi"] = 99.0
     (path / "tests.json").write_text(json.dumps(vectors))
-    from kgrid_py.build import seal
+    from kgrid_py.curation.build import seal
 
     seal(path)
 

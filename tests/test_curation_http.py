@@ -17,11 +17,11 @@ from activator_server import GOOD, Server
 from click.testing import CliRunner
 from demo_ko import write_demo_ko
 
-from kgrid_py.archive import inspect, pack
-from kgrid_py.build import seal
 from kgrid_py.cli import cli
-from kgrid_py.signing import generate_keypair, load_private_key, sign_archive
-from kgrid_py.tokens import hash_token
+from kgrid_py.curation.archive import inspect, pack
+from kgrid_py.curation.build import seal
+from kgrid_py.curation.signing import generate_keypair, load_private_key, sign_archive
+from kgrid_py.curation.tokens import hash_token
 
 PUBLISH = "curation-publish-token-0123456789"
 ADMIN = "curation-admin-token-0123456789ab"

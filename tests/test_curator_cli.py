@@ -12,14 +12,14 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from kgrid_py.cli import KgridGroup
-from kgrid_py.curator_cli import COMMANDS
-from kgrid_py.curator_errors import http_status
+from kgrid_py.cli.curator import COMMANDS
+from kgrid_py.cli.group import KgridGroup
+from kgrid_py.curation.errors import http_status
+from kgrid_py.curation.publish import publish_archive
+from kgrid_py.curation.tokens import TokenStore
 from kgrid_py.errors import KgridError
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.publish import publish_archive
 from kgrid_py.shelf import Shelf
-from kgrid_py.tokens import TokenStore
 
 PUBLISH_TOKEN = "publish-secret-token-0123456789"
 READ_TOKEN = "admin-only-token-0123456789abcd"
@@ -89,7 +89,7 @@ def test_unsigned_archive_refused_when_a_signature_is_required(run, tmp_path: Pa
 
 def test_init_then_torch_rebuild_still_validates(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("torch")
-    from kgrid_py.build import build_ko
+    from kgrid_py.curation.build import build_ko
 
     run("init", "my-score")
     build_ko(tmp_path / "my-score")

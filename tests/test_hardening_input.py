@@ -20,8 +20,8 @@ from activator_server import ADMIN_TOKEN, GOOD, Server, build_shelf
 from archives import entries_of, rebuild, with_metadata
 from demo_ko import write_demo_ko
 
-from kgrid_py.archive import pack
-from kgrid_py.audit import read_audit
+from kgrid_py.curation.archive import pack
+from kgrid_py.curation.audit import read_audit
 
 JSON = {"Content-Type": "application/json"}
 MINIMAL = {**JSON, "Accept": 'application/json;profile="minimal"'}

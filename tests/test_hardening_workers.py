@@ -14,7 +14,7 @@ import pytest
 from activator_server import ADMIN_TOKEN, GOOD, Server, publish
 from demo_ko import write_demo_ko
 
-from kgrid_py.archive import pack
+from kgrid_py.curation.archive import pack
 
 PUBLISH_TOKEN = "pub-workers-0123456789-secret"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from demo_ko import write_demo_ko
 
-from kgrid_py.archive import pack
-from kgrid_py.audit import read_audit
-from kgrid_py.curator_errors import LifecycleError, http_status
+from kgrid_py.curation.archive import pack
+from kgrid_py.curation.audit import read_audit
+from kgrid_py.curation.errors import LifecycleError, http_status
+from kgrid_py.curation.lifecycle import lifecycle_info, set_status
+from kgrid_py.curation.publish import publish_archive
 from kgrid_py.errors import NotFound
-from kgrid_py.lifecycle import lifecycle_info, set_status
-from kgrid_py.publish import publish_archive
 from kgrid_py.shelf import Shelf
 
 

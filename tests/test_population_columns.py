@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 import kgrid_py
+from kgrid_py.cli.population import score
 from kgrid_py.errors import InputError
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.score_cli import score
 
 REPO = Path(__file__).resolve().parent.parent
 ROWS = {

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from kgrid_py import scoring
+from kgrid_py.cli.population import score
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.score_cli import score
-from kgrid_py.scoring import ScoringError, score_file
+from kgrid_py.population import scoring
+from kgrid_py.population.scoring import ScoringError, score_file
 
 HEADER = "id,weight,height,sex,age\n"
 ROW = "1,70,1.75,female,40\n"

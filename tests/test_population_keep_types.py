@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from kgrid_py.cli.population import score
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.score_cli import score
-from kgrid_py.scoring import score_file
+from kgrid_py.population.scoring import score_file
 
 BODY = ("70", "1.75", "female", "40")  # weight, height, sex, age: a row that scores
 

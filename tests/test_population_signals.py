@@ -60,7 +60,7 @@ def test_signal_mid_run_removes_the_partial_file(
 def test_handlers_are_restored_after_a_run(demo_shelf: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from kgrid_py.score_cli import score
+    from kgrid_py.cli.population import score
 
     (tmp_path / "in.csv").write_text("weight,height,sex,age\n70,1.75,female,40\n")
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}

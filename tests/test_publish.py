@@ -12,10 +12,10 @@ import pytest
 from archives import entries_of, rebuild, refuse, snapshot, with_metadata
 from demo_ko import write_demo_ko
 
-from kgrid_py.archive import pack
-from kgrid_py.audit import read_audit
-from kgrid_py.build import seal
-from kgrid_py.curator_errors import (
+from kgrid_py.curation.archive import pack
+from kgrid_py.curation.audit import read_audit
+from kgrid_py.curation.build import seal
+from kgrid_py.curation.errors import (
     ArchiveRejected,
     ArchiveTooLarge,
     Forbidden,
@@ -29,9 +29,9 @@ from kgrid_py.curator_errors import (
     VersionConflict,
     http_status,
 )
+from kgrid_py.curation.lifecycle import set_status
+from kgrid_py.curation.publish import PublishPolicy, publish_archive
 from kgrid_py.errors import IntegrityError, InvalidKO, NotFound
-from kgrid_py.lifecycle import set_status
-from kgrid_py.publish import PublishPolicy, publish_archive
 from kgrid_py.shelf import Shelf
 
 
@@ -180,7 +180,7 @@ def test_a_failure_at_the_last_step_leaves_nothing_half_written(
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("kgrid_py.publish.os.rename", crash)
+    monkeypatch.setattr("kgrid_py.curation.publish.os.rename", crash)
     with pytest.raises(OSError, match="disk full"):
         publish_archive(pack(make_ko(src, "1.1.0")), shelf, actor="alice")
     assert snapshot(shelf) == before

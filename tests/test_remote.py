@@ -14,11 +14,11 @@ from archives import entries_of, rebuild
 from demo_ko import write_demo_ko
 
 import kgrid_py
-from kgrid_py.archive import ArchiveLimits, pack
-from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge, RemoteError
+from kgrid_py.curation.archive import ArchiveLimits, pack
+from kgrid_py.curation.errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge, RemoteError
+from kgrid_py.curation.publish import PublishPolicy
+from kgrid_py.curation.remote import RemoteItem, fetch_archive, parse_manifest, sync
 from kgrid_py.digest import sha256_bytes
-from kgrid_py.publish import PublishPolicy
-from kgrid_py.remote import RemoteItem, fetch_archive, parse_manifest, sync
 
 
 class _Handler(SimpleHTTPRequestHandler):

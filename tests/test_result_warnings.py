@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kgrid_py
-from kgrid_py.build import seal
+from kgrid_py.curation.build import seal
 from kgrid_py.errors import InputError
 
 PATIENT = {"weight": 70, "height": 1.75, "sex": "female", "age": 40}

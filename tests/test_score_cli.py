@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from kgrid_py.score_cli import score
+from kgrid_py.cli.population import score
 
 CSV = "id,weight_lb,height,sex,age\np1,154,1.75,female,40\np2,abc,1.75,male,50\np3,176,1.1,male,95\n"
 

@@ -1,4 +1,4 @@
-"""kgrid_py.scoring: streaming a whole file through a KO function."""
+"""kgrid_py.population.scoring: streaming a whole file through a KO function."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.scoring import (
+from kgrid_py.population.scoring import (
     BatchScorer,
     MappingError,
     ScoringError,

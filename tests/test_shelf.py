@@ -9,7 +9,7 @@ import pytest
 from demo_ko import write_demo_ko
 
 import kgrid_py
-from kgrid_py.build import seal
+from kgrid_py.curation.build import seal
 from kgrid_py.shelf import Reference, Shelf
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from archives import build_zip, entries_of, manifest_for, rebuild, refuse
 
-from kgrid_py.archive import MANIFEST_NAME, SIGNATURE_NAME, inspect, pack
-from kgrid_py.audit import read_audit
-from kgrid_py.curator_errors import CurationError, SignatureMissing, UntrustedSignature, http_status
-from kgrid_py.publish import PublishPolicy, publish_archive
-from kgrid_py.signing import generate_keypair, load_private_key, load_trust_dir, sign_archive, verify_signature
+from kgrid_py.curation.archive import MANIFEST_NAME, SIGNATURE_NAME, inspect, pack
+from kgrid_py.curation.audit import read_audit
+from kgrid_py.curation.errors import CurationError, SignatureMissing, UntrustedSignature, http_status
+from kgrid_py.curation.publish import PublishPolicy, publish_archive
+from kgrid_py.curation.signing import generate_keypair, load_private_key, load_trust_dir, sign_archive, verify_signature
 
 
 @pytest.fixture

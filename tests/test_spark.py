@@ -1,4 +1,4 @@
-"""kgrid_py.spark: scoring a DataFrame with mapInArrow in Spark local mode."""
+"""kgrid_py.population.spark: scoring a DataFrame with mapInArrow in Spark local mode."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 
 from pyspark.sql import SparkSession
 
-from kgrid_py import spark as kspark
 from kgrid_py.errors import InvalidKO
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.scoring import MappingError
+from kgrid_py.population import spark as kspark
+from kgrid_py.population.scoring import MappingError
 
 ROWS = [
     (1, 70.0, 1.75, "female", False, 40),
@@ -71,7 +71,7 @@ def expected(ko: KnowledgeObject, row: tuple) -> tuple[dict | None, list[str]]:
 @pytest.mark.parametrize("ship", ["path", "archive"])
 def test_scores_a_dataframe_like_call(spark: SparkSession, shelf: Path, ship: str) -> None:
     if ship == "archive":
-        pytest.importorskip("kgrid_py.archive")
+        pytest.importorskip("kgrid_py.curation.archive")
     frame = spark.createDataFrame(ROWS, COLUMNS).repartition(2)
     scored = kspark.score(frame, "demo-bmi@1", "bmi", shelf=shelf, keep=["id"], ship=ship)
     assert scored.columns == ["id", "bmi", "adjusted", "category", "obese", "error", "warnings"]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kgrid_py.curator_errors import CurationError, Forbidden, Unauthorized, http_status
-from kgrid_py.tokens import TokenStore, bearer_token, generate_token, hash_token
+from kgrid_py.curation.errors import CurationError, Forbidden, Unauthorized, http_status
+from kgrid_py.curation.tokens import TokenStore, bearer_token, generate_token, hash_token
 
 PUBLISHER = "publisher-token-0123456789"
 ADMIN = "admin-token-0123456789abcdef"

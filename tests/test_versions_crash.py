@@ -1,7 +1,7 @@
 """Publishing survives ``kill -9`` at every stage: a served version always has its audit entry.
 
 A publishing process is killed (SIGKILL, through the ``KGRID_TEST_CRASH_AT`` hook of
-:func:`kgrid_py.audit.crash_point`) after unpacking, after the checks, after journalling, after
+:func:`kgrid_py.curation.audit.crash_point`) after unpacking, after the checks, after journalling, after
 the rename, after the signer record and after the audit append. Opening the shelf afterwards must
 leave no staging folder and no journal, and either nothing visible (with no ``published`` entry)
 or the version visible with exactly one ``published`` entry and its signer record.
@@ -22,12 +22,12 @@ import pytest
 from activator_server import GOOD, Server
 from demo_ko import write_demo_ko
 
-from kgrid_py.archive import pack
-from kgrid_py.audit import CRASH_ENV, read_audit
-from kgrid_py.publish import PublishPolicy, publish_archive
+from kgrid_py.curation.archive import pack
+from kgrid_py.curation.audit import CRASH_ENV, read_audit, recover
+from kgrid_py.curation.publish import PublishPolicy, publish_archive
+from kgrid_py.curation.signing import generate_keypair, load_private_key, sign_archive
+from kgrid_py.curation.tokens import hash_token
 from kgrid_py.shelf import Shelf
-from kgrid_py.signing import generate_keypair, load_private_key, sign_archive
-from kgrid_py.tokens import hash_token
 
 STAGES = ["extracted", "checked", "journalled", "renamed", "recorded", "audited"]
 VISIBLE_AFTER = {"renamed", "recorded", "audited"}
@@ -48,7 +48,7 @@ def world(tmp_path: Path) -> dict[str, Path]:
 def _publish_in_a_process(world: dict[str, Path], stage: str) -> subprocess.CompletedProcess[str]:
     script = (
         "import sys; from pathlib import Path\n"
-        "from kgrid_py.publish import PublishPolicy, publish_archive\n"
+        "from kgrid_py.curation.publish import PublishPolicy, publish_archive\n"
         "policy = PublishPolicy(require_signature=True, trust_dir=Path(sys.argv[3]))\n"
         "publish_archive(Path(sys.argv[1]).read_bytes(), Path(sys.argv[2]), policy, actor='alice')\n"
     )
@@ -63,7 +63,9 @@ def _published(shelf: Path) -> list[dict[str, object]]:
 
 
 def _assert_consistent(shelf: Path) -> bool:
-    """Open the shelf (which recovers), then check the invariant; returns whether the version is visible."""
+    """Recover as the activator and curator commands do, then check the invariant; returns whether the
+    version is visible. Opening a Shelf alone only reads (a reader never writes to a shelf)."""
+    recover(shelf)
     opened = Shelf(shelf)
     state = shelf / ".kgrid"
     assert not list((state / "staging").glob("*")), "a staging folder survived recovery"
@@ -91,6 +93,19 @@ def test_a_kill_at_any_stage_leaves_a_consistent_shelf(world: dict[str, Path], s
     policy = PublishPolicy(require_signature=True, trust_dir=world["trust"])
     again = publish_archive(world["archive"].read_bytes(), shelf, policy, actor="alice")
     assert again.changed == (stage not in VISIBLE_AFTER)
+    assert _assert_consistent(shelf)
+
+
+def test_a_reader_never_writes_to_a_shelf_left_mid_publication(world: dict[str, Path]) -> None:
+    """Opening and loading from a shelf only reads; the journal waits for the activator or a curator."""
+    result = _publish_in_a_process(world, "renamed")
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    shelf = world["shelf"]
+    before = sorted(str(p.relative_to(shelf)) for p in (shelf / ".kgrid").rglob("*"))
+    entries = Shelf(shelf).entries()
+    after = sorted(str(p.relative_to(shelf)) for p in (shelf / ".kgrid").rglob("*"))
+    assert after == before and any("pending" in name for name in before)
+    assert [e.version for e in entries] == ["1.0.0"]
     assert _assert_consistent(shelf)
 
 

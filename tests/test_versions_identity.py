@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from demo_ko import write_demo_ko
 
 import kgrid_py
-from kgrid_py.archive import inspect, pack
 from kgrid_py.cli import cli
+from kgrid_py.curation.archive import inspect, pack
+from kgrid_py.curation.lifecycle import set_status
+from kgrid_py.curation.publish import PublishPolicy, publish_archive
+from kgrid_py.curation.signing import generate_keypair, load_private_key, sign_archive
 from kgrid_py.digest import folder_identity
-from kgrid_py.lifecycle import set_status
-from kgrid_py.publish import PublishPolicy, publish_archive
 from kgrid_py.shelf import Shelf
-from kgrid_py.signing import generate_keypair, load_private_key, sign_archive
 
 GOOD = {"weight": 70, "height": 1.75, "sex": "female", "age": 40}
 
@@ -82,7 +82,7 @@ def test_a_changed_file_changes_the_digest(tmp_path: Path) -> None:
     path = write_demo_ko(tmp_path / "src")
     before = kgrid_py.load(path).content_digest
     (path / "README.md").write_text("# Demo BMI\n\nEdited.\n")
-    from kgrid_py.build import seal
+    from kgrid_py.curation.build import seal
 
     seal(path)
     assert kgrid_py.load(path).content_digest != before

@@ -12,13 +12,13 @@ from click.testing import CliRunner
 from demo_ko import write_demo_ko
 
 import kgrid_py
-from kgrid_py.archive import pack
-from kgrid_py.audit import read_audit
 from kgrid_py.cli import cli
-from kgrid_py.curator_errors import IncompatibleChange, InvalidDate, VersionConflict, http_status
+from kgrid_py.curation.archive import pack
+from kgrid_py.curation.audit import read_audit
+from kgrid_py.curation.errors import IncompatibleChange, InvalidDate, VersionConflict, http_status
+from kgrid_py.curation.lifecycle import lifecycle_info, set_status
+from kgrid_py.curation.publish import publish_archive
 from kgrid_py.errors import NotFound, RetiredVersion
-from kgrid_py.lifecycle import lifecycle_info, set_status
-from kgrid_py.publish import publish_archive
 from kgrid_py.shelf import Shelf
 
 GOOD = {"weight": 70, "height": 1.75, "sex": "female", "age": 40}
@@ -30,7 +30,7 @@ def _archive(root: Path, version: str, edit: Any = None) -> bytes:
         raw = json.loads((path / "metadata.json").read_text())
         edit(raw)
         (path / "metadata.json").write_text(json.dumps(raw))
-        from kgrid_py.build import seal
+        from kgrid_py.curation.build import seal
 
         seal(path)
     return pack(path)

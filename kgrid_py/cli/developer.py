@@ -1,62 +1,22 @@
-"""The ``kgrid`` command line: for developers who call KOs and curators who build them.
-
-Exit codes: 0 success, 1 failure (invalid KO, failed vectors, bad input), 2 usage error.
-Errors are one line on stderr; ``--debug`` shows the traceback. Other packages add commands
-(the activator adds ``serve``) through the ``kgrid.commands`` entry-point group.
-"""
+"""``kgrid`` commands for developers who call KOs: validate, test, info, list, run."""
 
 from __future__ import annotations
 
 import json
 import sys
 import warnings
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import click
 
+from kgrid_py.cli.group import cli, shelf_option, shelf_or_default
 from kgrid_py.errors import InputError, InvalidKO, KgridError
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.metadata import FieldSpec
-from kgrid_py.shelf import Shelf, default_shelf_path, load, reserved_id_problem
+from kgrid_py.shelf import Shelf, load, reserved_id_problem
 
-__all__ = ["main"]
-
-
-class KgridGroup(click.Group):
-    """Turns library errors into one clear line and exit code 1 (traceback with ``--debug``)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (KgridError, OSError, json.JSONDecodeError) as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(1)
-
-
-def _shelf_option(func: Any) -> Any:
-    return click.option(
-        "--shelf",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Shelf folder (default: $KGRID_SHELF, else ./knowledge_objects).",
-    )(func)
-
-
-def _shelf(path: Path | None) -> Path:
-    return path if path is not None else default_shelf_path()
-
-
-@click.group(cls=KgridGroup)
-@click.option("--debug", is_flag=True, help="Show tracebacks.")
-@click.version_option(package_name="kgrid-py")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
-    """Load, test, run and build computable knowledge objects."""
-    ctx.obj = {"debug": debug}
+__all__ = ["info", "list_command", "run", "test_command", "validate"]
 
 
 @cli.command()
@@ -77,11 +37,11 @@ def validate(path: Path) -> None:
 
 @cli.command(name="test")
 @click.argument("ref")
-@_shelf_option
+@shelf_option
 @click.option("-v", "--verbose", is_flag=True, help="List every vector.")
 def test_command(ref: str, shelf: Path | None, verbose: bool) -> None:
     """Run a KO's own test vectors."""
-    ko = load(ref, shelf=_shelf(shelf))
+    ko = load(ref, shelf=shelf_or_default(shelf))
     outcomes = ko.test()
     failed = [o for o in outcomes if not o.passed]
     for outcome in outcomes:
@@ -95,10 +55,10 @@ def test_command(ref: str, shelf: Path | None, verbose: bool) -> None:
 
 @cli.command()
 @click.argument("ref")
-@_shelf_option
+@shelf_option
 def info(ref: str, shelf: Path | None) -> None:
     """Show a KO's identity, status, functions and their inputs."""
-    ko = load(ref, shelf=_shelf(shelf), allow_retired=True)  # describing a retired version is fine
+    ko = load(ref, shelf=shelf_or_default(shelf), allow_retired=True)  # describing a retired version is fine
     meta = ko.metadata
     click.echo(f"{ko.ref}  [{meta.status}]  {meta.title}")
     if meta.successor:
@@ -137,10 +97,10 @@ def _describe_input(field: FieldSpec) -> str:
 
 
 @cli.command(name="list")
-@_shelf_option
+@shelf_option
 def list_command(shelf: Path | None) -> None:
     """List every KO version on a shelf."""
-    entries, broken = Shelf(_shelf(shelf)).scan()
+    entries, broken = Shelf(shelf_or_default(shelf)).scan()
     for entry in entries:
         click.echo(f"{entry.ko_id}@{entry.version}\t{entry.status}\t{entry.path}")
     for item in broken:
@@ -151,7 +111,7 @@ def list_command(shelf: Path | None) -> None:
 @click.argument("ref")
 @click.argument("endpoint")
 @click.option("--input", "input_", required=True, help="JSON inputs, @FILE, or - for stdin.")
-@_shelf_option
+@shelf_option
 @click.option("--allow-retired", is_flag=True, help="Run a retired version anyway (e.g. to reproduce an old result).")
 def run(ref: str, endpoint: str, input_: str, shelf: Path | None, allow_retired: bool) -> None:
     """Call one function and print {"result": ..., "info": ...} as JSON.
@@ -171,7 +131,7 @@ def run(ref: str, endpoint: str, input_: str, shelf: Path | None, allow_retired:
         raise click.UsageError(f"--input is not valid JSON: {exc}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # said once, on stderr, below
-        ko = load(ref, shelf=_shelf(shelf), allow_retired=allow_retired)
+        ko = load(ref, shelf=shelf_or_default(shelf), allow_retired=allow_retired)
     if ko.deprecation:
         click.echo(f"warning: {ko.deprecation}", err=True)
     elif ko.status == "retired":
@@ -195,56 +155,3 @@ def run(ref: str, endpoint: str, input_: str, shelf: Path | None, allow_retired:
         "warnings": result_warnings,
     }
     click.echo(json.dumps({"result": result, "info": info}, indent=2))
-
-
-@cli.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--seal-only", is_flag=True, help="Only regenerate service.yaml and the digests.")
-def build(path: Path, seal_only: bool) -> None:
-    """Rebuild a KO's ONNX from its source (needs torch), then re-seal its metadata."""
-    from kgrid_py.build import build_ko, seal
-
-    if seal_only:
-        seal(path)
-        click.echo(f"{path}: sealed")
-        return
-    summary = build_ko(path)
-    ko = KnowledgeObject.from_path(path)
-    click.echo(f"{ko.ref}: built, digest {ko.content_digest}")
-    if summary:
-        click.echo(json.dumps(summary, indent=2, default=str))
-
-
-def _add_library_commands() -> None:
-    """Curator commands and population scoring live in their own modules."""
-    from kgrid_py.curator_cli import COMMANDS
-    from kgrid_py.score_cli import score
-
-    for name, command in COMMANDS.items():
-        cli.add_command(command, name)
-    cli.add_command(score, "score")
-
-
-def _add_plugin_commands() -> None:
-    for entry in entry_points(group="kgrid.commands"):
-        try:
-            cli.add_command(entry.load(), name=entry.name)
-        except ImportError as exc:  # a plugin whose own dependencies are missing
-            cli.add_command(_unavailable(entry.name, str(exc)), name=entry.name)
-
-
-def _unavailable(name: str, reason: str) -> click.Command:
-    @click.command(name=name, context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1)
-    def command(args: tuple[str, ...]) -> None:
-        raise click.ClickException(f"'{name}' is unavailable: {reason}")
-
-    return command
-
-
-_add_library_commands()
-_add_plugin_commands()
-
-
-def main() -> None:
-    cli(prog_name="kgrid")

@@ -9,7 +9,7 @@ Relative URLs resolve against the manifest's URL; only http and https are fetche
 are capped at the archive size limit while they stream. Archives are cached as
 ``<cache>/archives/<sha256>.zip``; an item that states its ``sha256`` is served from the cache
 without a download, and a download that does not match a stated digest is refused. Each archive
-then goes through :func:`kgrid_py.publish.publish_archive` into ``<cache>/shelf``, so a remote KO
+then goes through :func:`kgrid_py.curation.publish.publish_archive` into ``<cache>/shelf``, so a remote KO
 passes exactly the checks a local publication does (digests, signature policy, metadata,
 immutability, test vectors) before anything can load it::
 
@@ -30,12 +30,12 @@ from urllib.parse import urljoin, urlparse
 
 import requests
 
-from kgrid_py.archive import ArchiveLimits
-from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveTooLarge, RemoteError
+from kgrid_py.curation.archive import ArchiveLimits
+from kgrid_py.curation.errors import ArchiveDigestMismatch, ArchiveTooLarge, RemoteError
+from kgrid_py.curation.publish import PublishOutcome, PublishPolicy, publish_archive
 from kgrid_py.digest import sha256_bytes
 from kgrid_py.errors import KgridError
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.publish import PublishOutcome, PublishPolicy, publish_archive
 from kgrid_py.shelf import Shelf
 
 __all__ = ["RemoteItem", "SyncResult", "fetch_archive", "fetch_manifest", "load", "parse_manifest", "sync"]

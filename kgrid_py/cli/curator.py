@@ -19,16 +19,16 @@ from urllib.parse import urlparse
 import click
 import requests
 
-from kgrid_py.archive import check_model_references, extract, inspect, pack
-from kgrid_py.build import regenerate_vectors
-from kgrid_py.curator_errors import RemoteError, VectorsFailed
+from kgrid_py.curation.archive import check_model_references, extract, inspect, pack
+from kgrid_py.curation.build import regenerate_vectors
+from kgrid_py.curation.errors import RemoteError, VectorsFailed
+from kgrid_py.curation.lifecycle import SETTABLE, lifecycle_info, set_status
+from kgrid_py.curation.publish import PublishPolicy, publish_archive
+from kgrid_py.curation.scaffold import init_ko
+from kgrid_py.curation.signing import generate_keypair, load_private_key, load_trust_dir, sign_archive, verify_signature
+from kgrid_py.curation.tokens import ROLES, generate_token, hash_token
 from kgrid_py.ko import KnowledgeObject, read_metadata, verify_files
-from kgrid_py.lifecycle import SETTABLE, lifecycle_info, set_status
-from kgrid_py.publish import PublishPolicy, publish_archive
-from kgrid_py.scaffold import init_ko
 from kgrid_py.shelf import Reference, Shelf, default_shelf_path
-from kgrid_py.signing import generate_keypair, load_private_key, load_trust_dir, sign_archive, verify_signature
-from kgrid_py.tokens import ROLES, generate_token, hash_token
 
 __all__ = [
     "COMMANDS",
@@ -365,7 +365,26 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(temp, path)
 
 
+@click.command(name="build")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--seal-only", is_flag=True, help="Only regenerate service.yaml and the digests.")
+def build_command(path: Path, seal_only: bool) -> None:
+    """Rebuild a KO's ONNX from its source (needs torch), then re-seal its metadata."""
+    from kgrid_py.curation.build import build_ko, seal
+
+    if seal_only:
+        seal(path)
+        click.echo(f"{path}: sealed")
+        return
+    summary = build_ko(path)
+    ko = KnowledgeObject.from_path(path)
+    click.echo(f"{ko.ref}: built, digest {ko.content_digest}")
+    if summary:
+        click.echo(json.dumps(summary, indent=2, default=str))
+
+
 COMMANDS: dict[str, click.Command] = {
+    "build": build_command,
     "init": init,
     "pack": pack_command,
     "keygen": keygen,

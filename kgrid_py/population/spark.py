@@ -1,20 +1,20 @@
 """Score a Spark DataFrame through a KO function with ``mapInArrow``.
 
-    from kgrid_py.spark import score
+    from kgrid_py.population.spark import score
     scored = score(patients, "kfre@1", "four-variable", keep=["patient_id"],
                    mapping={"acr": "uacr"}, units={"uacr": "mg/mmol"})
     scored.write.parquet("s3://bucket/kfre-scores/")
 
 The result has one row per input row: the ``keep`` columns, the function's outputs, ``error``
 (null when the row was scored) and ``warnings`` (an array of messages). Mapping, units and keep
-work as in :func:`kgrid_py.scoring.score_file`, and the rows are checked by the same library code;
+work as in :func:`kgrid_py.population.scoring.score_file`, and the rows are checked by the same library code;
 they are checked against the DataFrame's schema on the driver, before any job starts.
 
 How the KO reaches the executors
 --------------------------------
 The driver resolves ``ref`` on its shelf, loads and verifies the KO, and sends the executors its
 folder path and content digest (``ship="path"``, the default) or, with ``ship="archive"``, the
-KO packed as an archive (:mod:`kgrid_py.archive`) inside the task closure. Each Python worker
+KO packed as an archive (:mod:`kgrid_py.curation.archive`) inside the task closure. Each Python worker
 process loads the KO once (the archive is unpacked into a temporary folder, checking every
 digest), verifies every file against its metadata, checks that its content digest is the one the
 driver resolved, and keeps it, with its one ONNX Runtime session per model, in a module-level
@@ -56,7 +56,7 @@ import pyarrow as pa
 
 from kgrid_py.errors import InvalidKO
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.scoring import BatchScorer
+from kgrid_py.population.scoring import BatchScorer
 from kgrid_py.shelf import load
 
 __all__ = ["score"]
@@ -95,7 +95,7 @@ def score(
 ) -> Any:
     """Score every row of a Spark DataFrame through ``endpoint`` of the KO ``ref``; see the module docstring.
 
-    Raises :class:`kgrid_py.scoring.MappingError` on the driver when the columns do not fit.
+    Raises :class:`kgrid_py.population.scoring.MappingError` on the driver when the columns do not fit.
     """
     from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 
@@ -105,7 +105,7 @@ def score(
     scorer = BatchScorer(ko, endpoint, to_arrow_schema(dataframe.schema), mapping=mapping, units=units, keep=keep or ())
     archive = None
     if ship == "archive":
-        from kgrid_py.archive import pack
+        from kgrid_py.curation.archive import pack
 
         archive = pack(ko.path)
     job = _Job(
@@ -149,7 +149,7 @@ def executor_ko(job: _Job) -> KnowledgeObject:
         if ko is None:
             folder = Path(job.path)
             if job.archive is not None:
-                from kgrid_py.archive import extract
+                from kgrid_py.curation.archive import extract
 
                 folder = Path(tempfile.mkdtemp(prefix="kgrid-ko-")) / "ko"
                 extract(job.archive, folder)

@@ -20,8 +20,8 @@ from typing import Any
 import onnx
 from onnx import TensorProto, helper
 
-from kgrid_py.build import seal
-from kgrid_py.curator_errors import CurationError
+from kgrid_py.curation.build import seal
+from kgrid_py.curation.errors import CurationError
 from kgrid_py.metadata import KO_ID_PATTERN, KOIO_CONTEXT, SEMVER_PATTERN
 from kgrid_py.shelf import reserved_id_problem
 

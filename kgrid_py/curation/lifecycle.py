@@ -7,7 +7,7 @@ integrity is untouched). Dates the metadata has no field for live in
 
 Dates are stored in UTC: a date (``2027-06-30``, a UTC day) or a date-time converted to UTC and
 written with ``Z`` (``2027-06-30T00:00:00+02:00`` is stored as ``2027-06-29T22:00:00Z``); anything
-else is refused with :class:`~kgrid_py.curator_errors.InvalidDate` (HTTP 422). Records written by
+else is refused with :class:`~kgrid_py.curation.errors.InvalidDate` (HTTP 422). Records written by
 older versions with an offset are still read safely.
 
 Allowed changes: draft -> active | retired; active -> deprecated | retired;
@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime
 from email.utils import format_datetime
 from pathlib import Path
 
-from kgrid_py.audit import (
+from kgrid_py.curation.audit import (
     append_audit,
     audit_path,
     lifecycle_record,
@@ -33,10 +33,10 @@ from kgrid_py.audit import (
     utc_now,
     write_json,
 )
-from kgrid_py.curator_errors import InvalidDate, LifecycleError
+from kgrid_py.curation.errors import InvalidDate, LifecycleError
+from kgrid_py.curation.publish import set_lifecycle_fields
 from kgrid_py.digest import folder_identity
 from kgrid_py.errors import NotFound
-from kgrid_py.publish import set_lifecycle_fields
 from kgrid_py.shelf import Reference, Shelf, ShelfEntry, resolve_among
 
 __all__ = ["SETTABLE", "TRANSITIONS", "LifecycleInfo", "StatusChange", "lifecycle_info", "normalise_time", "set_status"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kgrid_py.curator_errors import CurationError, Forbidden, Unauthorized
+from kgrid_py.curation.errors import CurationError, Forbidden, Unauthorized
 from kgrid_py.digest import sha256_bytes
 
 __all__ = ["ROLES", "Principal", "TokenStore", "bearer_token", "generate_token", "hash_token"]

@@ -2,7 +2,7 @@
 
 Layout: every file of the KO folder at its relative path, plus ``manifest.json`` (canonical JSON:
 ``{"format": "kgrid-archive/2", "id", "version", "files": {path: sha256}}``) and, once signed,
-``signature.json`` (see :mod:`kgrid_py.signing`). The manifest's sha256 is the KO version's
+``signature.json`` (see :mod:`kgrid_py.curation.signing`). The manifest's sha256 is the KO version's
 identity (:mod:`kgrid_py.digest`): what a signature covers, what the audit log records, and what
 the loaded KO reports as its ``content_digest``. ``metadata.json``'s entry is the digest of its
 canonical JSON without ``status`` and ``successor``, so publishing, deprecating or retiring a
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kgrid_py.curator_errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge
+from kgrid_py.curation.errors import ArchiveDigestMismatch, ArchiveRejected, ArchiveTooLarge
 from kgrid_py.digest import (
     MANIFEST_FORMAT,
     entry_digest,

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from activator.http import json_response, parse_json, read_body, state_of
 from activator.problems import Problem
 from activator.registry import Snapshot
-from activator.routes_kgrid import resolve_entry, servable, snapshot_of, version_headers
+from activator.versions import resolve_entry, servable, snapshot_of, version_headers
 from kgrid_py import __version__
 from kgrid_py.errors import InputError
 from kgrid_py.ko import KnowledgeObject

@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from kgrid_py.archive import SIGNATURE_NAME, ArchiveInfo, ArchiveLimits, inspect, replace_entry
-from kgrid_py.curator_errors import CurationError, SignatureMissing, UntrustedSignature
+from kgrid_py.curation.archive import SIGNATURE_NAME, ArchiveInfo, ArchiveLimits, inspect, replace_entry
+from kgrid_py.curation.errors import CurationError, SignatureMissing, UntrustedSignature
 from kgrid_py.digest import canonical_json, sha256_bytes
 
 __all__ = [

@@ -10,8 +10,8 @@
 415   any other Content-Type
 413   a body over ``Settings.max_archive_bytes`` (refused from Content-Length before reading it,
       else as soon as the stream passes the limit)
-...   then :func:`kgrid_py.publish.publish_archive` into the served shelf; its refusals map
-      through :func:`kgrid_py.curator_errors.http_status`: 413 size or zip bomb, 422 unsafe
+...   then :func:`kgrid_py.curation.publish.publish_archive` into the served shelf; its refusals map
+      through :func:`kgrid_py.curation.errors.http_status`: 413 size or zip bomb, 422 unsafe
       archive / bad metadata / breaking change without a new major / failing vectors, 403
       signature missing or untrusted, 409 same version with other content
 201   a new version: published, the registry reloaded, ``Location`` names it
@@ -22,7 +22,7 @@ The token is checked before the body is read, so nobody without one can make the
 buffer an archive. ``POST /kos/{id}/{version}/status`` takes JSON ``{"status": "deprecated" |
 "retired" | "active", "successor": "id@range", "sunset": "YYYY-MM-DD"}`` and needs the
 ``admin`` role (POST rather than PUT: it is a transition with rules, checked by
-:func:`kgrid_py.lifecycle.set_status`; repeating it is harmless, a no-op). Both routes reload the
+:func:`kgrid_py.curation.lifecycle.set_status`; repeating it is harmless, a no-op). Both routes reload the
 registry when they change the shelf: the swap is atomic, so requests in flight finish on the
 snapshot they started with. Every publication, refusal and status change is appended to the
 shelf's audit log by the library, under the token's principal name; the token itself is never
@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hmac
-import json
 import logging
 import os
 import time
@@ -49,24 +48,25 @@ from starlette.routing import Route
 
 from activator.http import State, json_response, parse_json, read_body, require_json, state_of
 from activator.problems import Problem, without_paths
+from activator.registry import describe
 from activator.reloading import reload_everywhere
 from activator.settings import Settings
-from kgrid_py.archive import ArchiveLimits
-from kgrid_py.audit import STATE_DIR, append_audit, audit_path
-from kgrid_py.curator_errors import (
+from kgrid_py.curation.archive import ArchiveLimits
+from kgrid_py.curation.audit import append_audit, audit_path
+from kgrid_py.curation.errors import (
     ArchiveDigestMismatch,
     Forbidden,
     IncompatibleChange,
     Unauthorized,
     http_status,
 )
+from kgrid_py.curation.lifecycle import SETTABLE, LifecycleInfo, lifecycle_info, set_status
+from kgrid_py.curation.publish import PublishPolicy, publish_archive
+from kgrid_py.curation.tokens import Principal, TokenStore
 from kgrid_py.errors import KgridError
-from kgrid_py.lifecycle import SETTABLE, LifecycleInfo, lifecycle_info, set_status
-from kgrid_py.publish import PublishPolicy, publish_archive
 from kgrid_py.shelf import InvalidReference, Reference
-from kgrid_py.tokens import Principal, TokenStore
 
-__all__ = ["ARCHIVE_TYPES", "Publishing", "deprecation_headers", "publish_policy"]
+__all__ = ["ARCHIVE_TYPES", "Publishing", "publish_policy"]
 
 log = logging.getLogger("activator")
 
@@ -103,6 +103,7 @@ class Publishing:
     def routes(self) -> list[Route]:
         return [
             Route("/kos", self.publish, methods=["POST"]),
+            Route("/admin/reload", self.admin_reload, methods=["POST"]),
             Route("/kos/{ko_id}/{version}/status", self.change_status, methods=["POST"]),
             Route("/kos/{ko_id}/{version}/status", self.show_status, methods=["GET"]),
         ]
@@ -257,6 +258,14 @@ class Publishing:
             raise _refusal(exc, "no such version") from None
         return json_response({"ref": ref, **_info_dict(info)})
 
+    async def admin_reload(self, request: Request) -> Response:
+        state = state_of(request)
+        # --admin-token, or a token with the admin role (--tokens); the other workers reload too.
+        actor = self.authorize_reload(request, state.settings.admin_token)
+        snapshot = await reload_everywhere(state)
+        await self.audit(state, action="reload", outcome="reloaded", actor=actor, generation=snapshot.generation)
+        return json_response(describe(snapshot))
+
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 _AUDIT_REFUSALS_PER_S = 20
@@ -313,34 +322,3 @@ def _is_iso_time(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-# -- headers for deprecated versions ---------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1024)
-def deprecation_headers(shelf: Path, generation: int, ko_id: str, version: str) -> dict[str, str]:
-    """``Deprecation`` and, when a sunset is recorded, ``Sunset`` for a deprecated version.
-
-    Read from ``<shelf>/.kgrid/lifecycle/<id>/<version>.json`` (written by ``set_status``) once
-    per registry generation: every status change reloads, so the headers follow it. The caller
-    adds the ``Link`` to the successor (as a call address, which the activator can resolve).
-    """
-    record: dict[str, Any] = {}
-    path = Path(shelf) / STATE_DIR / "lifecycle" / ko_id / f"{version}.json"
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(loaded, dict):
-            record = loaded
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as exc:
-        log.warning("%s@%s: unreadable lifecycle record %s: %s", ko_id, version, path, exc)
-    info = LifecycleInfo("deprecated", None, record.get("deprecated_at"), record.get("sunset"))
-    try:
-        headers = info.http_headers()
-    except KgridError as exc:  # a hand-edited date that does not parse: still say deprecated
-        log.warning("%s@%s: %s", ko_id, version, exc)
-        headers = {"Deprecation": "true"}
-    headers.pop("Link", None)
-    return headers

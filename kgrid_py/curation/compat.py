@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import semantic_version
 
-from kgrid_py.curator_errors import IncompatibleChange
+from kgrid_py.curation.errors import IncompatibleChange
 from kgrid_py.metadata import FieldSpec, FunctionSpec, KOMetadata, OutputSpec
 
 __all__ = ["Change", "check_version", "compare", "needs_major"]

@@ -11,9 +11,10 @@ Crash safety: before a version's folder is renamed into view, its audit entry an
 are written durably to ``pending/``; after the rename they are moved to the log and ``records/``.
 :func:`recover` replays what a killed process left there (a visible version gets its entry, an
 invisible one an ``interrupted`` entry) and removes half-unpacked ``staging/`` folders. It runs
-under the shelf lock before every publication and status change and whenever a
-:class:`~kgrid_py.shelf.Shelf` is opened on a shelf with something pending (the activator's
-start-up), so a version is never served without its ``published`` entry for longer than a crash.
+under the shelf lock before every publication and status change and when the activator starts
+(and reloads), so a version is never served without its ``published`` entry for longer than a
+crash. Opening a :class:`~kgrid_py.shelf.Shelf` only reads: a library reader never writes to a
+shelf, which may well be read-only for it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kgrid_py.shelf import STATE_DIR, lifecycle_record
 
 __all__ = [
     "STATE_DIR",
@@ -45,7 +48,6 @@ __all__ = [
     "write_pending",
 ]
 
-STATE_DIR = ".kgrid"
 CRASH_ENV = "KGRID_TEST_CRASH_AT"
 """Test hook: the name of a publication stage at which the process SIGKILLs itself (see crash_point)."""
 
@@ -144,16 +146,6 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def lifecycle_record(shelf: Path, ko_id: str, version: str) -> dict[str, Any]:
-    """A version's dates (``deprecated_at``, ``sunset``, ``retired_at``); {} when none or unreadable."""
-    path = Path(shelf) / STATE_DIR / "lifecycle" / ko_id / f"{version}.json"
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def crash_point(stage: str) -> None:

@@ -20,7 +20,7 @@ from types import FrameType
 import click
 
 from kgrid_py.errors import KgridError
-from kgrid_py.scoring import (
+from kgrid_py.population.scoring import (
     DEFAULT_BATCH_SIZE,
     INPUT_FORMATS,
     OUTPUT_FORMATS,
@@ -40,7 +40,7 @@ class Interrupted(BaseException):
     """Raised in the main thread when SIGINT or SIGTERM arrives during a run.
 
     A BaseException so nothing that catches ``Exception`` swallows it: it unwinds through
-    :func:`~kgrid_py.scoring.score_file`, which removes its temporary output on the way out.
+    :func:`~kgrid_py.population.scoring.score_file`, which removes its temporary output on the way out.
     """
 
     def __init__(self, signum: int) -> None:

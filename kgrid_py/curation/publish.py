@@ -27,8 +27,8 @@ folder is renamed to ``<shelf>/<id>/<version>``, so a refusal leaves the shelf e
 and nothing half-written is ever visible. A ``draft`` KO becomes ``active`` on publication
 (``PublishPolicy.activate``). Every attempt, refused or not, is appended to the audit log; the
 ``published`` entry is journalled durably before the rename, so a process killed at any point
-leaves either nothing visible or a visible version whose entry :func:`kgrid_py.audit.recover`
-writes at the next open of the shelf (see :mod:`kgrid_py.audit`).
+leaves either nothing visible or a visible version whose entry :func:`kgrid_py.curation.audit.recover`
+writes at the next open of the shelf (see :mod:`kgrid_py.curation.audit`).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from typing import Any
 
 import semantic_version
 
-from kgrid_py.archive import ArchiveInfo, ArchiveLimits, check_model_references, extract, inspect
-from kgrid_py.audit import (
+from kgrid_py.curation.archive import ArchiveInfo, ArchiveLimits, check_model_references, extract, inspect
+from kgrid_py.curation.audit import (
     append_audit,
     audit_path,
     complete_pending,
@@ -57,14 +57,14 @@ from kgrid_py.audit import (
     write_json,
     write_pending,
 )
-from kgrid_py.compat import check_version
-from kgrid_py.curator_errors import ArchiveTooLarge, CurationError, VectorsFailed, VersionConflict, http_status
+from kgrid_py.curation.compat import check_version
+from kgrid_py.curation.errors import ArchiveTooLarge, CurationError, VectorsFailed, VersionConflict, http_status
+from kgrid_py.curation.signing import load_trust_dir, verify_signature
 from kgrid_py.digest import LIFECYCLE_FIELDS, folder_identity, sha256_bytes
 from kgrid_py.errors import KgridError
 from kgrid_py.ko import METADATA_FILE, KnowledgeObject, read_metadata, verify_files
 from kgrid_py.metadata import KOMetadata
 from kgrid_py.shelf import Shelf, ShelfEntry
-from kgrid_py.signing import load_trust_dir, verify_signature
 
 __all__ = ["PublishOutcome", "PublishPolicy", "content_identity", "http_status", "publish_archive"]
 
