@@ -637,6 +637,35 @@ def _quantity_unit(quantity: Any) -> str | None:
     return None
 
 
+def _implied_units(binding: Any, obs: Observation) -> set[str]:
+    """The UCUM units the Observation's bound codes imply (each code's declared ``unit``)."""
+    present = _codes_of(obs.code)
+    return {normalize_unit(c.unit) for c in binding.codes if c.unit and f"{c.system}|{c.code}" in present}
+
+
+def _check_against_code(f: FieldSpec, ref: str | None, unit: str, implied: set[str]) -> None:
+    """Refuse a unit of another dimension than the code's (mg/dL on the molar 14682-9).
+
+    Either the code or the unit is wrong, and nothing says which: converting would guess.
+    """
+    if not implied:
+        return
+    for expected in implied:
+        try:
+            conversion_factor(unit, expected)
+            return
+        except UnitMismatch:
+            continue
+    raise _GapFound(
+        Gap(
+            f.name,
+            "unusable",
+            f"{ref} unit {unit!r} contradicts its code, whose unit is {' or '.join(sorted(implied))} "
+            "(e.g. a mass unit on a molar code): the code or the unit is wrong, so the value is not used",
+        )
+    )
+
+
 def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputSource:
     binding = f.fhir
     assert binding is not None
@@ -672,6 +701,9 @@ def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputS
         if f.type == "integer" and float(value).is_integer():
             value = int(value)
         unit = _quantity_unit(quantity)
+        implied = _implied_units(binding, obs)
+        if f.unit and unit is None and quantity.code is None and quantity.unit is None and len(implied) == 1:
+            unit = next(iter(implied))  # no unit at all: the code's property fixes it (14682-9 -> umol/L)
         if f.unit:
             if unit is None:
                 shown_unit = quantity.unit if quantity.unit is None or len(quantity.unit) <= 64 else "(too long)"
@@ -709,6 +741,7 @@ def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputS
                         f"{ref} unit {unit!r} cannot be converted to {f.unit} (accepted: {accepted})",
                     )
                 ) from None
+            _check_against_code(f, ref, unit, implied)
         return InputSource(f.name, value, unit if f.unit else None, stamp, ref, code)
     if f.type == "boolean" and obs.valueBoolean is not None:
         return InputSource(f.name, bool(obs.valueBoolean), None, stamp, ref, code)

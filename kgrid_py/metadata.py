@@ -85,6 +85,16 @@ class Code(_Model):
     system: str = Field(description="Code system URI, e.g. http://loinc.org")
     code: str
     display: str | None = None
+    unit: str | None = Field(
+        default=None,
+        description="UCUM unit the code's property implies (LOINC example unit, e.g. umol/L for a "
+        "[Moles/volume] code): used when an Observation's quantity has no unit, and an Observation "
+        "whose unit is of another dimension (mass on a molar code) is refused. Absent for codes "
+        "whose property fixes no unit (LOINC [Ratio]): such Observations must carry their unit.",
+    )
+    source: str | None = Field(
+        default=None, description="Where the code and its meaning were checked (a URL), for audit"
+    )
 
 
 class Bounds(_Model):
