@@ -643,29 +643,6 @@ def _implied_units(binding: Any, obs: Observation) -> set[str]:
     return {normalize_unit(c.unit) for c in binding.codes if c.unit and f"{c.system}|{c.code}" in present}
 
 
-def _check_against_code(f: FieldSpec, ref: str | None, unit: str, implied: set[str]) -> None:
-    """Refuse a unit of another dimension than the code's (mg/dL on the molar 14682-9).
-
-    Either the code or the unit is wrong, and nothing says which: converting would guess.
-    """
-    if not implied:
-        return
-    for expected in implied:
-        try:
-            conversion_factor(unit, expected)
-            return
-        except UnitMismatch:
-            continue
-    raise _GapFound(
-        Gap(
-            f.name,
-            "unusable",
-            f"{ref} unit {unit!r} contradicts its code, whose unit is {' or '.join(sorted(implied))} "
-            "(e.g. a mass unit on a molar code): the code or the unit is wrong, so the value is not used",
-        )
-    )
-
-
 def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputSource:
     binding = f.fhir
     assert binding is not None
@@ -741,7 +718,6 @@ def _observation_value(f: FieldSpec, obs: Observation, when: datetime) -> InputS
                         f"{ref} unit {unit!r} cannot be converted to {f.unit} (accepted: {accepted})",
                     )
                 ) from None
-            _check_against_code(f, ref, unit, implied)
         return InputSource(f.name, value, unit if f.unit else None, stamp, ref, code)
     if f.type == "boolean" and obs.valueBoolean is not None:
         return InputSource(f.name, bool(obs.valueBoolean), None, stamp, ref, code)

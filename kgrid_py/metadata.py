@@ -88,8 +88,7 @@ class Code(_Model):
     unit: str | None = Field(
         default=None,
         description="UCUM unit the code's property implies (LOINC example unit, e.g. umol/L for a "
-        "[Moles/volume] code): used when an Observation's quantity has no unit, and an Observation "
-        "whose unit is of another dimension (mass on a molar code) is refused. Absent for codes "
+        "[Moles/volume] code): used when an Observation's quantity has no unit at all. Absent for codes "
         "whose property fixes no unit (LOINC [Ratio]): such Observations must carry their unit.",
     )
     source: str | None = Field(
