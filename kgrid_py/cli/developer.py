@@ -10,11 +10,12 @@ from typing import Any
 
 import click
 
+from kgrid_py import load
 from kgrid_py.cli.group import cli, shelf_option, shelf_or_default
 from kgrid_py.errors import InputError, InvalidKO, KgridError
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.metadata import FieldSpec
-from kgrid_py.shelf import Shelf, load, reserved_id_problem
+from kgrid_py.shelf import Shelf, reserved_id_problem
 
 __all__ = ["info", "list_command", "run", "test_command", "validate"]
 

@@ -19,6 +19,7 @@ from types import FrameType
 
 import click
 
+from kgrid_py import load
 from kgrid_py.errors import KgridError
 from kgrid_py.population.scoring import (
     DEFAULT_BATCH_SIZE,
@@ -29,7 +30,6 @@ from kgrid_py.population.scoring import (
     parse_pairs,
     score_file,
 )
-from kgrid_py.shelf import load
 
 __all__ = ["Interrupted", "score"]
 

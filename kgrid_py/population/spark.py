@@ -54,10 +54,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from kgrid_py import load
 from kgrid_py.errors import InvalidKO
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.population.scoring import BatchScorer
-from kgrid_py.shelf import load
 
 __all__ = ["score"]
 
