@@ -28,9 +28,13 @@ __all__ = [
     "FieldSpec",
     "FileEntry",
     "FunctionSpec",
+    "Horizon",
+    "InputSummary",
     "KOMetadata",
     "Lifecycle",
+    "OutcomeSpec",
     "OutputSpec",
+    "PerformanceRange",
     "Provenance",
     "Relation",
     "SuspectUnit",
@@ -309,6 +313,91 @@ class CdsService(_Model):
     indicators: list[CardIndicator] = Field(default_factory=list)
 
 
+MetricName = Literal[
+    "observed_expected",
+    "calibration_intercept",
+    "calibration_slope",
+    "ici",
+    "e50",
+    "e90",
+    "brier",
+    "c_index",
+    "auc",
+    "bias",
+    "p30",
+    "rmse",
+]
+
+
+class Horizon(_Model):
+    """A predicted risk and the follow-up it is for: output ``risk_5y`` predicts the outcome by day 1826."""
+
+    output: str = Field(description="The output holding the predicted probability (0-1)")
+    days: int = Field(gt=0, le=36525, description="Follow-up from the call at which the risk is judged")
+
+
+class PerformanceRange(_Model):
+    """Where a monitored metric should lie; leaving it raises an alert (report, gauge, exit code 3)."""
+
+    metric: MetricName
+    minimum: float | None = None
+    maximum: float | None = None
+    source: str | None = Field(default=None, description="Why these limits (a publication or a local decision)")
+
+    @model_validator(mode="after")
+    def _an_end(self) -> PerformanceRange:
+        if self.minimum is None and self.maximum is None:
+            raise ValueError(f"range for {self.metric!r} needs a minimum, a maximum or both")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError(f"range for {self.metric!r} has minimum {self.minimum} > maximum {self.maximum}")
+        return self
+
+
+class InputSummary(_Model):
+    """The development population of one input (or of the linear predictor), the reference for drift."""
+
+    name: str = Field(description="An input name, or 'linear_predictor'")
+    mean: float | None = None
+    sd: float | None = Field(default=None, gt=0)
+    deciles: list[float] | None = Field(
+        default=None, min_length=9, max_length=9, description="The 9 cut points (10th..90th centile), for PSI"
+    )
+    levels: dict[str, float] | None = Field(
+        default=None, description="Share of each level (enum or boolean inputs), summing to 1"
+    )
+    approximate: bool = Field(default=False, description="True where a value is derived, not published")
+    source: str | None = None
+
+
+class OutcomeSpec(_Model):
+    """The outcome a function predicts, so monitoring can compare predictions with what happened."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Outcome name used by outcome imports, e.g. kidney_failure")
+    kind: Literal["time-to-event", "binary", "continuous"]
+    definition: str
+    horizons: list[Horizon] = Field(default_factory=list, description="time-to-event and binary: risk outputs")
+    output: str | None = Field(default=None, description="continuous: the output compared with the measured value")
+    unit: str | None = Field(default=None, description="continuous: UCUM unit of the measured value")
+    competing_event: str | None = Field(
+        default=None, description="A competing event (e.g. death): observed risk uses Aalen-Johansen, not KM"
+    )
+    codes: list[Code] = Field(default_factory=list, description="Codes that find the outcome in FHIR")
+    competing_codes: list[Code] = Field(default_factory=list)
+    ranges: list[PerformanceRange] = Field(default_factory=list)
+    development: list[InputSummary] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list, description="Where the definition and ranges come from")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> OutcomeSpec:
+        if self.kind == "continuous" and (self.output is None or self.horizons):
+            raise ValueError(f"continuous outcome {self.name!r} names one 'output' and no 'horizons'")
+        if self.kind != "continuous" and (not self.horizons or self.output is not None):
+            raise ValueError(f"{self.kind} outcome {self.name!r} needs 'horizons' and no 'output'")
+        if self.kind == "binary" and len(self.horizons) != 1:
+            raise ValueError(f"binary outcome {self.name!r} has exactly one horizon")
+        return self
+
+
 class FunctionSpec(_Model):
     """One callable endpoint of the KO: inputs, outputs and the ONNX model that computes them."""
 
@@ -328,6 +417,7 @@ class FunctionSpec(_Model):
     result_warnings: list[str] = Field(
         default_factory=list, description="Warnings attached to every result of this function"
     )
+    outcome: OutcomeSpec | None = Field(default=None, description="What the function predicts, for monitoring")
 
     @model_validator(mode="after")
     def _unique_names(self) -> FunctionSpec:
@@ -341,6 +431,14 @@ class FunctionSpec(_Model):
         for name in (n for names in named for n in names):
             if name not in known:
                 raise ValueError(f"a constraint or relation in {self.name!r} names unknown input {name!r}")
+        if self.outcome is not None:
+            outputs = {o.name for o in self.outputs}
+            named = [h.output for h in self.outcome.horizons] + [self.outcome.output or ""]
+            for name in (n for n in named if n and n not in outputs):
+                raise ValueError(f"outcome of {self.name!r} names unknown output {name!r}")
+            for summary in self.outcome.development:
+                if summary.name != "linear_predictor" and summary.name not in known:
+                    raise ValueError(f"outcome of {self.name!r} summarises unknown input {summary.name!r}")
         return self
 
 
