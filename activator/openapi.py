@@ -89,10 +89,12 @@ def _static_paths() -> dict[str, Any]:
     }
 
 
-def _call_operation(ko_id: str, versions: list[str], function: Any, *, query: bool) -> dict[str, Any]:
+def _call_operation(
+    ko_id: str, versions: list[str], function: Any, *, query: bool, max_batch_rows: int
+) -> dict[str, Any]:
     inputs = input_schema(function)
     outputs = output_schema(function)
-    body = {"oneOf": [inputs, {"type": "array", "items": inputs, "maxItems": 100}]}
+    body = {"oneOf": [inputs, {"type": "array", "items": inputs, "maxItems": max_batch_rows}]}
     result = {"oneOf": [outputs, {"type": "array", "items": {"anyOf": [outputs, {"type": "null"}]}}]}
     operation: dict[str, Any] = {
         "operationId": f"{'endpoints' if query else 'call'}-{ko_id}-{versions[-1]}-{function.name}".replace(".", "_"),
@@ -128,18 +130,19 @@ def _call_operation(ko_id: str, versions: list[str], function: Any, *, query: bo
     return {"post": operation}
 
 
-def combined_spec(snapshot: Snapshot) -> dict[str, Any]:
+def combined_spec(snapshot: Snapshot, *, max_batch_rows: int) -> dict[str, Any]:
+    """The OpenAPI 3.1 of every served version; a batch holds at most ``max_batch_rows`` (``--max-batch-rows``)."""
     paths = _static_paths()
     versions: dict[str, list[str]] = {}
     for entry, ko in snapshot.served():
         versions.setdefault(entry.ko_id, []).append(entry.version)
         for function in ko.metadata.functions:
             path = f"/{entry.ko_id}/{entry.version}/{function.name}"
-            paths[path] = _call_operation(entry.ko_id, [entry.version], function, query=False)
+            paths[path] = _call_operation(entry.ko_id, [entry.version], function, query=False, max_batch_rows=max_batch_rows)
     for ko_id, served in versions.items():
         default = snapshot.resolve(ko_id, None)  # the version /endpoints answers with, without ?v=
         for function in snapshot.ko(default).metadata.functions:
-            paths[f"/endpoints/{ko_id}/{function.name}"] = _call_operation(ko_id, served, function, query=True)
+            paths[f"/endpoints/{ko_id}/{function.name}"] = _call_operation(ko_id, served, function, query=True, max_batch_rows=max_batch_rows)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -19,7 +19,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("openapi-units")
     shelf = root / "shelf"
     shutil.copytree(REPO / "knowledge_objects" / "ckd-epi-egfr" / "2.0.0", shelf / "ckd-epi-egfr" / "2.0.0")
-    with Server(shelf, "--no-watch", "--no-access-log", log=root / "server.log") as running:
+    with Server(shelf, "--no-watch", "--no-access-log", "--max-batch-rows", "37", log=root / "server.log") as running:
         yield running
 
 
@@ -67,3 +67,14 @@ def spec_field(spec: dict, where: str, name: str) -> dict:
     if "oneOf" in body:
         body = body["oneOf"][0]
     return body["properties"][name]
+
+
+def test_the_combined_openapi_states_the_servers_batch_limit(server: Server) -> None:
+    """A batch's maxItems is the server's --max-batch-rows, and one row more is refused as the spec says."""
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    body = spec["paths"]["/ckd-epi-egfr/2.0.0/egfr-cr"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    batch = body["oneOf"][1]
+    assert batch["maxItems"] == 37
+    row = {**CKD, "creatinine": 1.0}
+    assert httpx.post(f"{server.url}/ckd-epi-egfr/2.0.0/egfr-cr", json=[row] * 37).status_code == 200
+    assert httpx.post(f"{server.url}/ckd-epi-egfr/2.0.0/egfr-cr", json=[row] * 38).status_code == 413

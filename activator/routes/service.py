@@ -53,7 +53,8 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(combined_spec(snapshot_of(request)))
+    limit = state_of(request).settings.max_batch_rows
+    return json_response(combined_spec(snapshot_of(request), max_batch_rows=limit))
 
 
 async def bench_echo(request: Request) -> Response:
