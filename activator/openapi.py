@@ -138,11 +138,15 @@ def combined_spec(snapshot: Snapshot, *, max_batch_rows: int) -> dict[str, Any]:
         versions.setdefault(entry.ko_id, []).append(entry.version)
         for function in ko.metadata.functions:
             path = f"/{entry.ko_id}/{entry.version}/{function.name}"
-            paths[path] = _call_operation(entry.ko_id, [entry.version], function, query=False, max_batch_rows=max_batch_rows)
+            paths[path] = _call_operation(
+                entry.ko_id, [entry.version], function, query=False, max_batch_rows=max_batch_rows
+            )
     for ko_id, served in versions.items():
         default = snapshot.resolve(ko_id, None)  # the version /endpoints answers with, without ?v=
         for function in snapshot.ko(default).metadata.functions:
-            paths[f"/endpoints/{ko_id}/{function.name}"] = _call_operation(ko_id, served, function, query=True, max_batch_rows=max_batch_rows)
+            paths[f"/endpoints/{ko_id}/{function.name}"] = _call_operation(
+                ko_id, served, function, query=True, max_batch_rows=max_batch_rows
+            )
     return {
         "openapi": "3.1.0",
         "info": {
