@@ -1,0 +1,64 @@
+"""Sortable unique ids for captured records: 48-bit millisecond time + 80 random bits, 26 chars.
+
+The layout is ULID's (Crockford base32, no padding), so ids sort by creation time as plain text
+in SQL, Parquet and file listings. Within one millisecond the random part is incremented rather
+than redrawn, so ids made by one process are strictly increasing even under a burst.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+__all__ = ["id_time_ms", "is_id", "new_id"]
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_DECODE = {c: i for i, c in enumerate(_ALPHABET)}
+_RANDOM_MAX = (1 << 80) - 1
+_lock = threading.Lock()
+_last_ms = -1
+_last_random = 0
+
+
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # every 10-bit group as two symbols
+
+
+def _encode(value: int) -> str:
+    # 130 bits (the top 2 always zero) as 13 ten-bit groups, most significant first.
+    pairs = _PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in range(120, -1, -10)])
+
+
+def new_id(now_ms: int | None = None) -> str:
+    """A new id; strictly greater than the previous one from this process."""
+    global _last_ms, _last_random
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    with _lock:
+        if ms <= _last_ms:
+            ms = _last_ms
+            if _last_random == _RANDOM_MAX:  # 2^80 ids in one millisecond: borrow the next one
+                ms += 1
+                _last_random = int.from_bytes(os.urandom(10), "big") >> 1
+            else:
+                _last_random += 1
+        else:
+            _last_random = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments
+        _last_ms = ms
+        value = (ms << 80) | _last_random
+    return _encode(value)
+
+
+def is_id(text: str) -> bool:
+    """True for a 26-character Crockford base32 id whose time fits in 48 bits."""
+    return len(text) == 26 and text[0] in "01234567" and all(c in _DECODE for c in text)
+
+
+def id_time_ms(text: str) -> int:
+    """The millisecond timestamp an id was made at."""
+    if not is_id(text):
+        raise ValueError(f"not a capture id: {text!r}")
+    value = 0
+    for c in text[:10]:
+        value = (value << 5) | _DECODE[c]
+    return value
