@@ -27,6 +27,7 @@ from activator.logs import RateLimited, SafeFormatter
 from activator.metrics import Metrics
 from activator.middleware import RequestContext
 from activator.problems import exception_handlers
+from activator.refusals import RefusalAudit
 from activator.registry import Registry
 from activator.reloading import catch_up, reload
 from activator.routes import kgrid, oip, service
@@ -180,6 +181,7 @@ def _cds_routes(settings: Settings) -> list[Any]:
             issuers_file=settings.cds_issuers,
             public_url=settings.public_url,
             store_path=settings.cds_db or settings.shelf / ".kgrid" / "cds.sqlite3",
+            audit=RefusalAudit(settings.shelf),
         ),
     )
     return list(cds.routes)

@@ -48,6 +48,7 @@ from activator.cds_auth import AuthError, JwtVerifier
 from activator.cds_store import CdsStore
 from activator.http import parse_json, read_body, require_json
 from activator.problems import Problem, problem_response
+from activator.refusals import RefusalAudit
 from kgrid_py.errors import InputError, KgridError
 from kgrid_py.fhir import FhirData, FhirDataError, FhirMapping, bound_inputs, map_inputs, next_link, prefetch_templates
 from kgrid_py.ko import CallResult, KnowledgeObject
@@ -116,6 +117,7 @@ class CdsSettings:
     refused with 401. ``public_url`` is the URL the EHR calls (``kgrid serve --public-url``): a
     JWT's ``aud`` must equal it plus the service path, and nothing in the request changes that.
     ``store_path`` is the SQLite file of seen ``jti``s and feedback (in memory when None).
+    ``audit`` records every refused token in the shelf's audit log (``kgrid serve`` sets it).
     FHIR fetches: ``fhir_timeout_s`` bounds one call's fetching in all, ``fhir_max_bytes`` each
     answer, ``fhir_max_pages`` the pages read per search.
     """
@@ -125,6 +127,7 @@ class CdsSettings:
     verifier: JwtVerifier | None = None
     public_url: str | None = None
     store_path: Path | None = None
+    audit: RefusalAudit | None = None
     fhir_timeout_s: float = 10.0
     fhir_max_bytes: int = 8 * 1024 * 1024
     fhir_max_pages: int = 10
@@ -306,6 +309,8 @@ class CdsHooks:
             return await self.verifier.verify_header(header, audiences)
         except AuthError as exc:
             log.info("CDS call refused: %s", exc)  # the reason only, never the token
+            if self.settings.audit is not None:
+                self.settings.audit.record(request, 401, str(exc), service=service.id)
             raise _unauthorized(str(exc), "invalid_token" if header else None) from None
 
     def _fhir_servers(self, claims: dict[str, Any] | None) -> tuple[str, ...] | None:

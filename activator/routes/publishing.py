@@ -36,7 +36,6 @@ import functools
 import hmac
 import logging
 import os
-import time
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from starlette.routing import Route
 
 from activator.http import State, json_response, parse_json, read_body, require_json, state_of
 from activator.problems import Problem, without_paths
+from activator.refusals import RefusalAudit
 from activator.registry import describe
 from activator.reloading import reload_everywhere
 from activator.settings import Settings
@@ -95,9 +95,7 @@ class Publishing:
             self.tokens = TokenStore.from_env()
             self.configured = bool(os.environ.get("KGRID_TOKENS_FILE") or os.environ.get("KGRID_TOKENS"))
         self.policy = publish_policy(settings.require_signature, settings.trust_dir, settings.max_archive_bytes)
-        self._window = 0.0
-        self._in_window = 0
-        self._suppressed = 0
+        self.refusals = RefusalAudit(settings.shelf)
 
     @property
     def routes(self) -> list[Route]:
@@ -135,33 +133,8 @@ class Publishing:
         return self.authorize(request, "admin").name
 
     def refuse(self, request: Request, status: int, detail: str, role: str) -> Problem:
-        """A 401/403 problem, recorded in the audit log first (at most ~20 records a second per worker:
-        an unauthenticated flood must not turn into a flood of fsyncs; the rest are counted)."""
-        now = time.monotonic()
-        if now - self._window > 1.0:
-            self._window, self._in_window = now, 0
-        self._in_window += 1
-        if self._in_window <= _AUDIT_REFUSALS_PER_S:
-            record: dict[str, Any] = {
-                "actor": None,
-                "action": "authorize",
-                "outcome": "refused",
-                "http_status": status,
-                "role": role,
-                "route": f"{request.method} {request.url.path}"[:300],
-                "client": request.client.host if request.client else None,
-                "request_id": request.scope.get("request_id"),
-                "reason": detail,
-            }
-            if self._suppressed:
-                record["suppressed_before"] = self._suppressed
-                self._suppressed = 0
-            try:
-                append_audit(audit_path(self.settings.shelf), **record)
-            except OSError as exc:  # the refusal stands; a log that cannot be written is logged here
-                log.warning("could not append to the audit log: %s", exc)
-        else:
-            self._suppressed += 1
+        """A 401/403 problem, recorded in the audit log first (rate-limited: :class:`RefusalAudit`)."""
+        self.refusals.record(request, status, detail, role=role)
         return Problem(status, detail, headers=_CHALLENGE if status == 401 else None)
 
     async def audit(self, state: State, **record: Any) -> None:
@@ -268,7 +241,6 @@ class Publishing:
 
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
-_AUDIT_REFUSALS_PER_S = 20
 
 
 def _exact_ref(request: Request) -> str:
