@@ -32,6 +32,7 @@ from activator.registry import Registry
 from activator.reloading import catch_up, reload
 from activator.routes import kgrid, oip, service
 from activator.routes.publishing import Publishing
+from activator.routes.ui import Catalogue
 from activator.settings import Settings
 from activator.workers import Generations
 from kgrid_py.runtime import RuntimeSettings
@@ -126,6 +127,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # The call routes first: they are the hot path, and every route tried before costs a regex
         # match. The KGrid 1.x route yields to every other route's first segment (kos, v2, ...).
         *kgrid.call_routes(),
+        *Catalogue(settings, publishing).routes,  # before the service's JSON `/`: browsers get /ui/
         *service.routes(settings),
         *_cds_routes(settings),
         *kgrid.routes,
