@@ -13,8 +13,10 @@ core; :mod:`kgrid_py.cli` sits on top. This module is the public face over all o
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 from kgrid_py import shelf as _shelf
 from kgrid_py.curation.errors import CurationError
@@ -63,6 +65,10 @@ def load(
     *,
     verify_vectors: bool = False,
     allow_retired: bool = False,
+    capture: Any = None,
+    site: str | None = None,
+    subject_secret: str | bytes | os.PathLike[str] | None = None,
+    capture_policy: str = "group",
 ) -> KnowledgeObject:
     """Load a KO by reference (``kfre``, ``kfre@1``, ``kfre@^1.2``, ``kfre@1.0.0``) or by path.
 
@@ -74,6 +80,12 @@ def load(
     Raises :class:`RetiredVersion` for a retired version unless ``allow_retired`` (a reference
     without an exact version never picks one); warns (``DeprecationWarning``) for a deprecated
     one, whose results then carry a warning naming its successor and sunset.
+
+    ``capture`` (a path, ``sqlite:///...``, ``postgresql://...`` or an open
+    :class:`~kgrid_py.learning.store.CaptureStore`) records every call in the capture store
+    (:mod:`kgrid_py.learning.capture`; ``ko.recorder.close()`` flushes, as does exit) under
+    ``site`` (else ``$KGRID_SITE``); ``subject_secret`` (a file path, else ``$KGRID_SUBJECT_SECRET``)
+    keys ``ko.call(..., subject=...)``. ``capture_policy`` is ``"group"`` or ``"sync"``.
     """
     where = os.fspath(shelf) if shelf is not None else os.environ.get("KGRID_SHELF", _shelf.DEFAULT_SHELF)
     if _shelf.is_manifest_url(where):
@@ -81,4 +93,15 @@ def load(
 
         cache = Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
         where = os.fspath(sync(where, cache).shelf)
-    return _shelf.load(ref, where, verify_vectors=verify_vectors, allow_retired=allow_retired, stacklevel=3)
+    ko = _shelf.load(ref, where, verify_vectors=verify_vectors, allow_retired=allow_retired, stacklevel=3)
+    if capture is not None:
+        # Imported by name, at run time: population (below learning) loads KOs through this facade
+        # too, and never asks for capture; a static import would put learning beneath it.
+        learning = importlib.import_module("kgrid_py.learning.capture")
+        site = site or os.environ.get("KGRID_SITE")
+        if not site:
+            raise ValueError("capture needs a site: load(..., site='NAME') or $KGRID_SITE")
+        ko.recorder = learning.Capture(
+            capture, site=site, keyer=learning.keyer_for(subject_secret), capture_policy=capture_policy
+        )
+    return ko

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from kgrid_py.runtime import ModelSession, RuntimeSettings, get_session
 from kgrid_py.schema import validate_raw_metadata
 from kgrid_py.vectors import VectorOutcome, load_vectors, run_vectors
 
-__all__ = ["BatchResult", "CallResult", "KnowledgeObject", "Provenance"]
+__all__ = ["BatchResult", "CallEvent", "CallResult", "KnowledgeObject", "Provenance", "Recorder"]
 
 METADATA_FILE = "metadata.json"
 MODEL_SUFFIXES = (".onnx", ".ort")
@@ -104,6 +105,33 @@ class BatchResult(Mapping[str, np.ndarray]):
         return self.to_arrow().to_pandas()
 
 
+@dataclass(frozen=True, slots=True)
+class CallEvent:
+    """What a recorder is told after each ``call``/``call_batch``, refused and failed calls included.
+
+    The core only reports; what is kept, and where, is the recorder's business
+    (:mod:`kgrid_py.learning.capture`). ``used`` is what the model was fed, by input name, after unit
+    conversion (labels as their codes): one value per input for ``call``; for ``call_batch``, arrays
+    over the rows ``valid`` marks. ``subject`` is the caller's patient id(s), as given, for the
+    recorder to key; it is never part of a result.
+    """
+
+    provenance: Provenance
+    inputs: Any  # the mapping (call) or the table's fed columns by input name (call_batch)
+    used: Mapping[str, Any] | None
+    result: CallResult | BatchResult | None
+    status: str  # ok | refused | error
+    error: str | None
+    started_ns: int  # UTC epoch nanoseconds
+    latency_ns: int
+    subject: Any = None
+    valid: np.ndarray | None = None
+    batch: bool = False
+
+
+Recorder = Callable[[CallEvent], None]
+
+
 class _Function:
     """A declared function bound to its ONNX session and compiled input plan."""
 
@@ -148,6 +176,7 @@ class KnowledgeObject:
         # The one identity (kgrid_py.digest): equal to the signed manifest, blind to status changes.
         self.content_digest = folder_identity(path, raw, known=digests)
         self._functions: dict[str, _Function] = {}
+        self.recorder: Recorder | None = None  # told of every call (see CallEvent); None: nothing kept
         self.deprecation = deprecation_notice(metadata, sunset)
         notices = (self.deprecation,) if self.deprecation else ()
         for spec in metadata.functions:
@@ -220,9 +249,31 @@ class KnowledgeObject:
 
     # -- calling -------------------------------------------------------------------------------
 
-    def call(self, function: str, inputs: Mapping[str, Any]) -> CallResult:
-        """Compute one result. Bad inputs raise :class:`InputError` naming every bad field."""
-        fn = self._function(function)
+    def call(self, function: str, inputs: Mapping[str, Any], *, subject: str | None = None) -> CallResult:
+        """Compute one result. Bad inputs raise :class:`InputError` naming every bad field.
+
+        ``subject`` (a patient id) is handed to the :attr:`recorder`, which keeps only its keyed
+        hash; without a recorder it is not used.
+        """
+        recorder = self.recorder
+        if recorder is None:
+            return self._call(self._function(function), inputs)[0]
+        started, clock = time.time_ns(), time.perf_counter_ns()
+        try:
+            fn = self._function(function)
+            result, feeds = self._call(fn, inputs)
+        except Exception as exc:
+            status = "refused" if isinstance(exc, InputError | NotFound) else "error"
+            provenance = self._provenance_for(function)
+            latency = time.perf_counter_ns() - clock
+            recorder(CallEvent(provenance, inputs, None, None, status, str(exc), started, latency, subject))
+            raise
+        used = {p.name: _used_value(feeds[p.spec.graph_name]) for p in fn.plan.fields}
+        latency = time.perf_counter_ns() - clock
+        recorder(CallEvent(fn.provenance, inputs, used, result, "ok", None, started, latency, subject))
+        return result
+
+    def _call(self, fn: _Function, inputs: Mapping[str, Any]) -> tuple[CallResult, dict[str, np.ndarray]]:
         feeds, warnings = fn.plan.prepare_one(inputs)
         outputs = fn.run(feeds)
         result = {spec.name: _scalar(spec, array) for spec, array in zip(fn.outputs, outputs, strict=True)}
@@ -230,7 +281,14 @@ class KnowledgeObject:
             warnings = warnings + fn.output_checks.one(result)
         if fn.result_warnings:
             warnings = warnings + fn.result_warnings
-        return CallResult(result, warnings, fn.provenance)
+        return CallResult(result, warnings, fn.provenance), feeds
+
+    def _provenance_for(self, function: str) -> Provenance:
+        """The function's provenance; for an unknown function, the KO's, with no model digest."""
+        known = self._functions.get(function)
+        if known is not None:
+            return known.provenance
+        return Provenance(self.id, self.version, self.content_digest, "", str(function)[:200])
 
     def call_batch(
         self,
@@ -240,6 +298,7 @@ class KnowledgeObject:
         units: Mapping[str, str] | None = None,
         mapping: Mapping[str, str] | None = None,
         keep: Sequence[str] = (),
+        subjects: Sequence[Any] | None = None,
     ) -> BatchResult:
         """Compute a result per row of a dict of columns, a pyarrow Table or a pandas DataFrame.
 
@@ -253,7 +312,34 @@ class KnowledgeObject:
         ignored, except one named like a removed input or like an input no column feeds (a
         silent default), which is refused. Row errors and warnings name the caller's columns and
         state values in the caller's units. A table that does not fit raises :class:`InputError`.
+        ``subjects`` (a patient id per row) go to the :attr:`recorder` only.
         """
+        recorder = self.recorder
+        if recorder is None:
+            return self._call_batch(function, table, units, mapping, keep)[0]
+        started, clock = time.time_ns(), time.perf_counter_ns()
+        try:
+            result, fed, used, valid = self._call_batch(function, table, units, mapping, keep)
+        except Exception as exc:
+            status = "refused" if isinstance(exc, InputError | NotFound) else "error"
+            latency = time.perf_counter_ns() - clock
+            event = CallEvent(
+                self._provenance_for(function), {}, None, None, status, str(exc), started, latency, subjects, batch=True
+            )
+            recorder(event)
+            raise
+        latency = time.perf_counter_ns() - clock
+        recorder(CallEvent(result.provenance, fed, used, result, "ok", None, started, latency, subjects, valid, True))
+        return result
+
+    def _call_batch(
+        self,
+        function: str,
+        table: Any,
+        units: Mapping[str, str] | None,
+        mapping: Mapping[str, str] | None,
+        keep: Sequence[str],
+    ) -> tuple[BatchResult, dict[str, Any], dict[str, np.ndarray], np.ndarray]:
         fn = self._function(function)
         names, n_rows = _shape_of(table)
         plan = resolve_columns(fn.spec, names, mapping=mapping, units=units, keep=keep)
@@ -270,7 +356,8 @@ class KnowledgeObject:
             extra = fn.result_warning_texts
             warnings = [w + extra if ok else w for w, ok in zip(warnings, batch.valid.tolist(), strict=True)]
         kept = {column: _kept(table, column) for column in plan.keep}
-        return BatchResult(result, errors, warnings, fn.provenance, kept)
+        used = {p.name: batch.feeds[p.spec.graph_name] for p in fn.plan.fields if p.spec.graph_name in batch.feeds}
+        return BatchResult(result, errors, warnings, fn.provenance, kept), fed, used, batch.valid
 
     # -- self-test -----------------------------------------------------------------------------
 
@@ -345,6 +432,13 @@ def _check_graph(spec: FunctionSpec, session: ModelSession) -> None:
         raise InvalidKO(
             f"function {spec.name!r}: graph {spec.model} has no output(s) {missing} (it has {session.output_names})"
         )
+
+
+def _used_value(array: np.ndarray) -> Any:
+    """One fed value as plain Python; a tensor (an image) only by its shape, never its voxels."""
+    if array.size == 1:
+        return array.item()
+    return {"shape": list(array.shape[1:]), "dtype": str(array.dtype)}
 
 
 def _project(spec: OutputSpec, array: np.ndarray) -> np.ndarray:
