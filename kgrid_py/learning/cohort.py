@@ -21,13 +21,26 @@ Calls happen on a date in 2020; outcomes are whole days after it, so times tie a
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["DEFAULT_SITES", "S0_NA", "Site", "baseline_hazard_factor", "kfre_cohort", "simulate_times", "weibull"]
+from kgrid_py.learning.subjects import SubjectKeyer
+
+__all__ = [
+    "DEFAULT_SITES",
+    "S0_NA",
+    "Site",
+    "baseline_hazard_factor",
+    "call_records",
+    "kfre_cohort",
+    "outcome_rows",
+    "simulate_times",
+    "weibull",
+]
 
 S0_NA = {2: 0.9750, 5: 0.9240}
 _YEAR = 365.25
@@ -129,3 +142,74 @@ def kfre_cohort(seed: int = 2024, sites: tuple[Site, ...] = DEFAULT_SITES, shelf
             )
         )
     return pa.concat_tables(parts)
+
+
+def call_records(cohort: pa.Table, keyer: SubjectKeyer, *, version: str = "1.0.0", refused_every: int = 0) -> list:
+    """One captured KFRE call per patient, on its call date at noon UTC (every ``refused_every``-th
+    patient also gets a refused call first, for the volume figures)."""
+    from kgrid_py.learning.ids import new_id
+    from kgrid_py.learning.records import CallRecord
+
+    records = []
+    cols = {name: cohort.column(name).to_pylist() for name in cohort.column_names}
+    for i in range(cohort.num_rows):
+        day = cols["call_date"][i]
+        ts_us = int((datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp()) * 1_000_000)
+        used = {
+            "age": cols["age"][i],
+            "sex": cols["sex"][i],
+            "egfr": cols["egfr"][i],
+            "uacr": cols["uacr"][i],
+            "region": "north_american",
+        }
+        common = {
+            "site": cols["site"][i],
+            "channel": "batch",
+            "caller": "cohort",
+            "ko_id": "kfre",
+            "version": version,
+            "content_digest": "0" * 64,
+            "model_digest": "0" * 64,
+            "function": "four-variable",
+            "subject_key": keyer.key(cols["patient_id"][i]),
+            "inputs_received": json.dumps(used),
+        }
+        if refused_every and i % refused_every == 0:
+            records.append(
+                CallRecord(
+                    id=new_id(),
+                    ts_us=ts_us - 60_000_000,
+                    inputs_used="null",
+                    warnings="[]",
+                    status="refused",
+                    latency_us=50,
+                    error="uacr: missing",
+                    **common,
+                )
+            )
+        outputs = {"risk_2y": cols["risk_2y"][i], "risk_5y": cols["risk_5y"][i]}
+        records.append(
+            CallRecord(
+                id=new_id(),
+                ts_us=ts_us,
+                inputs_used=json.dumps(used),
+                outputs=json.dumps(outputs),
+                warnings="[]",
+                status="ok",
+                latency_us=80,
+                **common,
+            )
+        )
+    return records
+
+
+def outcome_rows(cohort: pa.Table) -> dict[str, list]:
+    """The cohort's outcome columns as an outcome file would hold them (patient ids, not keys)."""
+    return {
+        "patient_id": cohort.column("patient_id").to_pylist(),
+        "kidney_failure": cohort.column("event").to_pylist(),
+        "kf_date": [d.isoformat() if d else None for d in cohort.column("event_date").to_pylist()],
+        "last_seen": [d.isoformat() for d in cohort.column("followup_date").to_pylist()],
+        "died": cohort.column("death").to_pylist(),
+        "death_date": [d.isoformat() if d else None for d in cohort.column("death_date").to_pylist()],
+    }

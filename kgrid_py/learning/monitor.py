@@ -1,0 +1,355 @@
+"""How one KO version's function performs at each site: volume, drift and, with outcomes, accuracy.
+
+Reads the capture store columnar (pyarrow; JSON columns parsed by Arrow's C++ JSON reader, never
+``json.loads`` per row) and returns a plain dict that is both the JSON report and what the HTML
+report renders. Rules it applies, which the report repeats:
+
+- index call: a subject's first successful call in the window is the one judged against its
+  outcome (repeated calls for one patient are not independent);
+- time zero is the index call's UTC date; an outcome's time is whole days after it;
+- several outcome rows for a subject combine: the event if any row has it (its earliest date), the
+  latest follow-up, the competing event if any row has it (its earliest date);
+- observed risk is Aalen-Johansen where the KO declares a competing event, else Kaplan-Meier;
+- a binary outcome within H days is 1 if the event came by day H and 0 if the subject was followed
+  to day H (or died first) without it; others are left out and counted;
+- fewer than 10 events (or non-events): "insufficient data", never a number;
+- an alert is a metric outside a range the KO declares; nothing else alerts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import platform
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pajson
+
+from kgrid_py.learning.drift import summary_drift
+from kgrid_py.learning.statistics import Metric, binary_metrics, continuous_metrics
+from kgrid_py.learning.store import CaptureStore, StoreError, to_us
+from kgrid_py.learning.survival import time_to_event_metrics
+from kgrid_py.metadata import FunctionSpec, OutcomeSpec
+
+__all__ = ["MonitorError", "alerts_of", "monitor", "outcomes_table"]
+
+_DAY_US = 86_400_000_000
+OUTCOME_COLUMNS = (
+    "site",
+    "subject_key",
+    "event",
+    "event_date",
+    "followup_date",
+    "competing_event",
+    "competing_date",
+    "value",
+    "value_date",
+)
+
+
+class MonitorError(ValueError):
+    """Raised when a monitoring run cannot be made (unknown function, nothing to read)."""
+
+
+def outcomes_table(store: CaptureStore, outcome: str, site: str | None = None) -> pa.Table:
+    """The stored outcome rows of one outcome (optionally one site), columnar, via the driver's cursor."""
+    mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
+    sql = f"SELECT {', '.join(OUTCOME_COLUMNS)} FROM outcomes WHERE outcome = {mark}"
+    params: list[Any] = [outcome]
+    if site is not None:
+        sql += f" AND site = {mark}"
+        params.append(site)
+    chunks: list[list[Any]] = [[] for _ in OUTCOME_COLUMNS]
+    try:
+        with store.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(sql, tuple(params))
+                while part := cursor.fetchmany(65_536):
+                    for target, values in zip(chunks, zip(*part, strict=True), strict=True):
+                        target.extend(values)
+            finally:
+                cursor.close()
+            conn.rollback()
+    except Exception as exc:
+        raise StoreError(f"capture store {store.url}: reading outcomes failed: {type(exc).__name__}") from exc
+    types = {"event": pa.int8(), "competing_event": pa.int8(), "value": pa.float64()}
+    return pa.table(
+        {n: pa.array(v, type=types.get(n, pa.string())) for n, v in zip(OUTCOME_COLUMNS, chunks, strict=True)}
+    )
+
+
+def _parse_json(column: pa.ChunkedArray) -> pa.Table:
+    """A column of JSON-object text as a table, parsed in C++ (a null or 'null' row is an empty object)."""
+    text = pc.if_else(pc.is_null(column), "{}", column)
+    text = pc.if_else(pc.equal(text, "null"), "{}", text)
+    payload = "\n".join(text.to_pylist()).encode()
+    if not payload:
+        return pa.table({})
+    return pajson.read_json(io.BytesIO(payload), read_options=pajson.ReadOptions(block_size=1 << 26))
+
+
+def _dates(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """ISO date text to days since the epoch (float, NaN where absent)."""
+    days = pc.cast(pc.cast(column, pa.date32()), pa.int32())
+    return pc.fill_null(pc.cast(days, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+
+
+def _combined_outcomes(table: pa.Table) -> pa.Table:
+    """One row per (site, subject): event if any, earliest event date, latest follow-up, ..."""
+    grouped = table.group_by(["site", "subject_key"]).aggregate(
+        [
+            ("event", "max"),
+            ("event_date", "min"),
+            ("followup_date", "max"),
+            ("competing_event", "max"),
+            ("competing_date", "min"),
+            ("value", "mean"),
+        ]
+    )
+    return grouped.rename_columns(
+        ["site", "subject_key", "event", "event_date", "followup_date", "competing_event", "competing_date", "value"]
+    )
+
+
+def _volume(ts_us: np.ndarray, status: np.ndarray, warned: np.ndarray) -> list[dict[str, Any]]:
+    """Calls per ISO week: total, refused, errors, and those with an out-of-population warning."""
+    if ts_us.size == 0:
+        return []
+    days = ts_us // _DAY_US
+    weeks = (days + 3) // 7  # 1970-01-01 was a Thursday: weeks start on Monday
+    uniq, inverse = np.unique(weeks, return_inverse=True)
+    out = []
+    for name, mask in (
+        ("calls", np.ones_like(warned)),
+        ("refused", status == "refused"),
+        ("errors", status == "error"),
+        ("warned", warned),
+    ):
+        counts = np.bincount(inverse, weights=mask.astype(np.float64), minlength=uniq.size)
+        out.append((name, counts))
+    rows = []
+    for i, week in enumerate(uniq):
+        start = dt.date(1970, 1, 1) + dt.timedelta(days=int(week * 7 - 3))
+        rows.append({"week": start.isoformat(), **{name: int(c[i]) for name, c in out}})
+    return rows
+
+
+def _metrics_json(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Metric):
+            out[key] = value.to_json()
+        elif isinstance(value, dict):
+            out[key] = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in value.items()}
+        else:
+            out[key] = value
+    return out
+
+
+def alerts_of(spec: OutcomeSpec, section: dict[str, Any], site: str, horizon: str | None) -> list[dict[str, Any]]:
+    """Declared ranges that a computed metric has left (insufficient data never alerts)."""
+    alerts = []
+    for rule in spec.ranges:
+        metric = section.get(rule.metric)
+        if not isinstance(metric, dict) or "value" not in metric:
+            continue
+        value = metric["value"]
+        low = rule.minimum is not None and value < rule.minimum
+        high = rule.maximum is not None and value > rule.maximum
+        if low or high:
+            alerts.append(
+                {
+                    "site": site,
+                    "horizon": horizon,
+                    "metric": rule.metric,
+                    "value": value,
+                    "minimum": rule.minimum,
+                    "maximum": rule.maximum,
+                    "source": rule.source,
+                }
+            )
+    return alerts
+
+
+def _linear_predictor(spec: OutcomeSpec | None, outputs: pa.Table, ok: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """The linear-predictor scale of the first risk output: cloglog for time-to-event, logit for binary."""
+    if spec is None or not spec.horizons or spec.horizons[0].output not in outputs.column_names:
+        return None
+    p = outputs.column(spec.horizons[0].output).to_numpy(zero_copy_only=False).astype(np.float64)[ok]
+    p = np.clip(p[np.isfinite(p)], 1e-12, 1 - 1e-12)
+    if spec.kind == "time-to-event":
+        return f"cloglog({spec.horizons[0].output})", np.log(-np.log1p(-p))
+    return f"logit({spec.horizons[0].output})", np.log(p / (1 - p))
+
+
+def monitor(
+    store: CaptureStore,
+    ko_id: str,
+    version: str,
+    function: FunctionSpec,
+    *,
+    site: str | None = None,
+    since: dt.date | None = None,
+) -> dict[str, Any]:
+    """The full monitoring report (a JSON-ready dict) of one KO version's function, per site."""
+    since_us = to_us(since) if since is not None else None
+    calls = store.calls_table(
+        ko_id=ko_id,
+        version=version,
+        function=function.name,
+        site=site,
+        since=since_us,
+        columns=["ts_us", "site", "subject_key", "inputs_used", "outputs", "warnings", "status"],
+    )
+    spec = function.outcome
+    report: dict[str, Any] = {
+        "ko": {"id": ko_id, "version": version, "function": function.name, "title": function.title},
+        "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "window": {"since": since.isoformat() if since else None, "site": site},
+        "software": {
+            "kgrid-py": dist_version("kgrid-py"),
+            "numpy": np.__version__,
+            "pyarrow": pa.__version__,
+            "python": platform.python_version(),
+        },
+        "outcome": spec.model_dump(mode="json", exclude={"development"}) if spec else None,
+        "rules": {
+            "index_call": "each subject's first successful call in the window",
+            "estimator": (
+                None
+                if spec is None or spec.kind != "time-to-event"
+                else ("aalen-johansen" if spec.competing_event else "kaplan-meier")
+            ),
+            "minimum_events": 10,
+            "competing_events_in_slope_ici_brier_discrimination": "censored (cause-specific)",
+        },
+        "sites": [],
+        "alerts": [],
+    }
+    if calls.num_rows == 0:
+        return report
+    outcome_rows = _combined_outcomes(outcomes_table(store, spec.name, site)) if spec else None
+    sites = sorted(set(calls.column("site").to_pylist()))
+    for name in sites:
+        section = _site_section(calls.filter(pc.equal(calls.column("site"), name)), spec, outcome_rows, name)
+        report["alerts"].extend(section.pop("_alerts"))
+        report["sites"].append(section)
+    return report
+
+
+def _site_section(calls: pa.Table, spec: OutcomeSpec | None, outcomes: pa.Table | None, site: str) -> dict[str, Any]:
+    status = calls.column("status").to_numpy(zero_copy_only=False).astype(str)
+    warned = pc.fill_null(pc.not_equal(calls.column("warnings"), "[]"), False).to_numpy(zero_copy_only=False)
+    ts_us = calls.column("ts_us").to_numpy()
+    ok = status == "ok"
+    section: dict[str, Any] = {
+        "site": site,
+        "calls": int(calls.num_rows),
+        "refused": int(np.sum(status == "refused")),
+        "errors": int(np.sum(status == "error")),
+        "warned": int(warned.sum()),
+        "first_call": dt.datetime.fromtimestamp(int(ts_us.min()) / 1e6, dt.UTC).date().isoformat(),
+        "last_call": dt.datetime.fromtimestamp(int(ts_us.max()) / 1e6, dt.UTC).date().isoformat(),
+        "volume": _volume(ts_us, status, warned),
+        "drift": [],
+        "performance": [],
+        "_alerts": [],
+    }
+    ok_calls = calls.filter(pa.array(ok))
+    outputs = _parse_json(ok_calls.column("outputs"))
+    inputs = _parse_json(ok_calls.column("inputs_used"))
+    every = np.ones(ok_calls.num_rows, dtype=bool)
+    if spec is not None:
+        for summary in spec.development:
+            if summary.name == "linear_predictor":
+                lp = _linear_predictor(spec, outputs, every)
+                if lp is not None:
+                    entry = summary_drift(lp[1], summary)
+                    entry["scale"] = lp[0]
+                    section["drift"].append(entry)
+            elif summary.name in inputs.column_names:
+                values = inputs.column(summary.name).to_numpy(zero_copy_only=False)
+                values = values[np.array([v is not None for v in values])] if values.dtype == object else values
+                section["drift"].append(summary_drift(values, summary))
+    if spec is None or outcomes is None or ok_calls.num_rows == 0:
+        return section
+    linked = _link(ok_calls, outputs, spec, outcomes, site)
+    section["linked_subjects"] = linked["n"]
+    section["index_calls"] = linked["index_calls"]
+    if spec.kind == "continuous":
+        pair = linked["value_ok"]
+        perf = continuous_metrics(linked["value"][pair], linked["predicted"][spec.output][pair])  # type: ignore[index]
+        entry = {"horizon": None, **_metrics_json(perf)}
+        section["performance"].append(entry)
+        section["_alerts"].extend(alerts_of(spec, entry, site, None))
+        return section
+    for horizon in spec.horizons:
+        risk = linked["predicted"][horizon.output]
+        if spec.kind == "time-to-event":
+            perf = time_to_event_metrics(
+                linked["time"], linked["cause"], risk, float(horizon.days), competing=spec.competing_event is not None
+            )
+        else:
+            time, cause = linked["time"], linked["cause"]
+            y = (cause == 1) & (time <= horizon.days)
+            known = y | (time >= horizon.days) | (cause == 2)
+            perf = binary_metrics(y[known].astype(np.float64), risk[known])
+            perf["excluded_incomplete_follow_up"] = int(np.sum(~known))
+        entry = {"horizon": horizon.output, "horizon_days": horizon.days, **_metrics_json(perf)}
+        section["performance"].append(entry)
+        section["_alerts"].extend(alerts_of(spec, entry, site, horizon.output))
+    return section
+
+
+def _link(calls: pa.Table, outputs: pa.Table, spec: OutcomeSpec, outcomes: pa.Table, site: str) -> dict[str, Any]:
+    """Index calls joined to their subject's combined outcome: times, causes and predictions as arrays."""
+    keys = calls.column("subject_key")
+    table = pa.table(
+        {
+            "subject_key": keys,
+            "ts_us": calls.column("ts_us"),
+            "row": pa.array(np.arange(calls.num_rows)),
+        }
+    ).filter(pc.is_valid(keys))
+    # first call per subject: the table is ordered by time already, so the minimum row is the first
+    first = table.group_by("subject_key").aggregate([("row", "min")]).rename_columns(["subject_key", "row"])
+    index_calls = first.num_rows
+    site_rows = outcomes.filter(pc.equal(outcomes.column("site"), site))
+    joined = first.join(site_rows, "subject_key", join_type="inner")
+    rows = joined.column("row").to_numpy()
+    call_day = (calls.column("ts_us").to_numpy()[rows] // _DAY_US).astype(np.float64)
+    event = pc.fill_null(joined.column("event"), 0).to_numpy(zero_copy_only=False) == 1
+    competing = pc.fill_null(joined.column("competing_event"), 0).to_numpy(zero_copy_only=False) == 1
+    event_day = _dates(joined.column("event_date")) - call_day
+    competing_day = _dates(joined.column("competing_date")) - call_day
+    followup_day = _dates(joined.column("followup_date")) - call_day
+    t_event = np.where(event, event_day, np.inf)
+    t_comp = np.where(competing, competing_day, np.inf)
+    t_end = np.where(np.isfinite(followup_day), followup_day, np.fmin(t_event, t_comp))
+    time = np.fmin(np.fmin(t_event, t_comp), np.where(event | competing, np.inf, t_end))
+    cause = np.where(event & (t_event <= t_comp), 1, np.where(competing, 2, 0))
+    usable = np.isfinite(time) & (time >= 0)
+    predicted = {}
+    names = [h.output for h in spec.horizons] + ([spec.output] if spec.output else [])
+    for name in names:
+        values = outputs.column(name).to_numpy(zero_copy_only=False).astype(np.float64)[rows]
+        predicted[name] = values
+        usable &= np.isfinite(values) if spec.kind != "continuous" else usable
+    value = joined.column("value").to_numpy(zero_copy_only=False).astype(np.float64)
+    value_ok = np.isfinite(value)
+    if spec.kind == "continuous":
+        value_ok &= np.isfinite(predicted[spec.output])  # type: ignore[index]
+    return {
+        "n": int(joined.num_rows),
+        "index_calls": index_calls,
+        "time": time[usable] if spec.kind != "continuous" else time,
+        "cause": cause[usable] if spec.kind != "continuous" else cause,
+        "predicted": {k: (v[usable] if spec.kind != "continuous" else v) for k, v in predicted.items()},
+        "value": value,
+        "value_ok": value_ok,
+    }
