@@ -2,7 +2,8 @@
 
 - :mod:`~kgrid_py.cli.developer`: validate, test, info, list, run;
 - :mod:`~kgrid_py.cli.curator`: init, build, vectors, pack, keygen, token, sign, verify, publish, status;
-- :mod:`~kgrid_py.cli.population`: score.
+- :mod:`~kgrid_py.cli.population`: score;
+- :mod:`~kgrid_py.cli.monitoring`: outcomes import, monitor (exit 3 on an alert).
 
 Exit codes: 0 success, 1 failure (invalid KO, failed vectors, bad input), 2 usage error.
 Errors are one line on stderr; ``--debug`` shows the traceback. Other packages add commands
@@ -18,6 +19,7 @@ import click
 from kgrid_py.cli import developer  # noqa: F401  (registers its commands on the group)
 from kgrid_py.cli.curator import COMMANDS
 from kgrid_py.cli.group import cli
+from kgrid_py.cli.monitoring import monitor_command, outcomes
 from kgrid_py.cli.population import score
 
 __all__ = ["cli", "main"]
@@ -27,6 +29,8 @@ def _add_library_commands() -> None:
     for name, command in COMMANDS.items():
         cli.add_command(command, name)
     cli.add_command(score, "score")
+    cli.add_command(outcomes, "outcomes")
+    cli.add_command(monitor_command, "monitor")
 
 
 def _add_plugin_commands() -> None:
