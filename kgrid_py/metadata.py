@@ -32,6 +32,7 @@ __all__ = [
     "InputSummary",
     "KOMetadata",
     "Lifecycle",
+    "Lineage",
     "OutcomeSpec",
     "OutputSpec",
     "PerformanceRange",
@@ -462,6 +463,20 @@ class Provenance(_Model):
     notes: str | None = None
 
 
+class Lineage(_Model):
+    """How this version was derived from its parent (``kgrid recalibrate``, ``kgrid federate``).
+
+    ``parent_digest`` is the parent's content digest, checked on load when the parent is on the
+    same shelf; ``record`` holds the estimates, covariance, data summary and rounds.
+    """
+
+    parent: str = Field(description="Parent KO reference, id@version")
+    parent_digest: str = Field(pattern=SHA256_PATTERN)
+    method: str = Field(description="none, intercept, slope, ... (see the record)")
+    reason: str = Field(description="Why this method (closed test, or the curator's choice)")
+    record: dict[str, Any] = Field(default_factory=dict)
+
+
 class KOMetadata(_Model):
     """The whole ``metadata.json`` of one KO version."""
 
@@ -488,6 +503,7 @@ class KOMetadata(_Model):
     thresholds: dict[str, Any] = Field(
         default_factory=dict, description="Named decision thresholds other tools may use"
     )
+    lineage: list[Lineage] | None = Field(default=None, description="Updates from parent versions, oldest first")
 
     @field_validator("tests")
     @classmethod
