@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import Scope
 
+from activator.capture import Capture
 from activator.dispatch import Dispatcher
 from activator.http import State
 from activator.logs import RateLimited, SafeFormatter
@@ -35,6 +36,8 @@ from activator.routes.publishing import Publishing
 from activator.routes.ui import Catalogue
 from activator.settings import Settings
 from activator.workers import Generations
+from kgrid_py.learning.store import CaptureStore
+from kgrid_py.learning.subjects import SubjectKeyer
 from kgrid_py.runtime import RuntimeSettings
 
 __all__ = ["app_from_env", "configure_logging", "create_app"]
@@ -112,6 +115,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             metrics=metrics_,
             dispatcher=Dispatcher(settings.inference_threads),
             generations=_generations(settings),
+            capture=_capture(settings, metrics_),
         )
         _quiet_loop_errors(asyncio.get_running_loop())
         try:
@@ -121,6 +125,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 tasks.cancel_scope.cancel()
         finally:
             state.dispatcher.close()
+            if state.capture is not None:
+                state.capture.close()
             metrics_.close()
 
     routes = [
@@ -153,6 +159,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         if isinstance(route, kgrid.KORoute):
             route.siblings = app.router.routes  # the live list: routes added later are seen too
     return app
+
+
+def _capture(settings: Settings, metrics_: Metrics) -> Capture | None:
+    """The capture store and its writer, when --capture is on (opened and migrated here)."""
+    if settings.capture is None:
+        return None
+    store = CaptureStore.open(settings.capture)
+    keyer = SubjectKeyer.resolve(settings.subject_secret_file)
+    return Capture(
+        store, site=settings.site, keyer=keyer, policy=settings.capture_policy, on_lost=metrics_.capture_lost.inc
+    )
 
 
 def _generations(settings: Settings) -> Generations | None:

@@ -132,6 +132,29 @@ __all__ = ["serve"]
     type=click.IntRange(1),
     help="Connections and requests one worker holds at once: past it requests get 503 and new connections are closed.",
 )
+@click.option(
+    "--capture",
+    "capture",
+    is_flag=False,
+    flag_value="default",
+    default=None,
+    metavar="[URL]",
+    help="Record every call: a path, sqlite:///path or postgresql://... (alone: <shelf>/.kgrid/capture.sqlite3).",
+)
+@click.option("--site", default="default", show_default=True, envvar="KGRID_SITE", help="The site recorded with calls.")
+@click.option(
+    "--subject-secret-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Per-site secret that keys patient ids (else $KGRID_SUBJECT_SECRET); at least 32 bytes.",
+)
+@click.option(
+    "--capture-policy",
+    type=click.Choice(["fail-closed", "best-effort"]),
+    default="fail-closed",
+    show_default=True,
+    help="Store unavailable: refuse with 503, or answer and count the lost records in /metrics.",
+)
 @click.option("--bench-echo", is_flag=True, hidden=True, help="Serve /_bench/echo for the HTTP benchmark.")
 def serve(
     shelf: Path,
@@ -161,6 +184,10 @@ def serve(
     body_timeout: float,
     keep_alive_timeout: float,
     limit_concurrency: int,
+    capture: str | None,
+    site: str,
+    subject_secret_file: Path | None,
+    capture_policy: str,
     bench_echo: bool,
 ) -> None:
     """Serve every KO version on SHELF over HTTP (default: $KGRID_SHELF, else ./knowledge_objects).
@@ -206,6 +233,10 @@ def serve(
         body_timeout=body_timeout,
         keep_alive_timeout=keep_alive_timeout,
         limit_concurrency=_fit_descriptors(limit_concurrency),
+        capture=_capture_url(capture, shelf_path.resolve()),
+        site=site,
+        subject_secret_file=subject_secret_file.resolve() if subject_secret_file else None,
+        capture_policy=capture_policy,
         **_worker_state(workers, shelf_path.resolve()),
     )
     os.environ[ENV_VAR] = settings.to_env()  # worker processes read their settings from here
@@ -305,3 +336,23 @@ def _check_tokens(tokens_file: Path | None) -> None:
         TokenStore.from_file(tokens_file) if tokens_file else TokenStore.from_env()
     except KgridError as exc:
         raise click.BadParameter(str(exc), param_hint="--tokens") from None
+
+
+def _capture_url(capture: str | None, shelf: Path) -> str | None:
+    """--capture alone means the shelf's own SQLite store; the store is opened (and migrated) now,
+    so a bad URL or an unreachable server stops ``kgrid serve`` before it listens."""
+    if capture is None:
+        return None
+    from kgrid_py.learning.store import CaptureStore, StoreError
+    from kgrid_py.learning.subjects import SubjectKeyer, SubjectSecretError
+
+    url = f"sqlite:///{shelf / '.kgrid' / 'capture.sqlite3'}" if capture == "default" else capture
+    try:
+        CaptureStore.open(url).close()
+    except StoreError as exc:
+        raise click.BadParameter(str(exc), param_hint="--capture") from None
+    try:
+        SubjectKeyer.from_env()
+    except SubjectSecretError as exc:
+        raise click.BadParameter(f"$KGRID_SUBJECT_SECRET: {exc}", param_hint="--subject-secret-file") from None
+    return url

@@ -34,6 +34,7 @@ class State:
     generations: Generations | None = None
     applied: int = 0
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    capture: Any = None  # activator.capture.Capture when --capture is on
 
 
 def state_of(request: Request) -> State:

@@ -98,6 +98,11 @@ class Metrics:
         self.generation = Gauge(
             "kgrid_shelf_generation", "Reloads published so far", registry=self.registry, multiprocess_mode="livemax"
         )
+        self.capture_lost = Counter(
+            "kgrid_capture_lost_records",
+            "Call records not stored (capture policy best-effort, store unavailable)",
+            registry=self.registry,
+        )
         self._call_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
         self._http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 

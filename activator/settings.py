@@ -72,6 +72,12 @@ class Settings:
     # Prometheus multiprocess mode (--workers N): the folder the workers share their counters in.
     metrics_dir: Path | None = None
     generation_file: Path | None = None
+    # Capture (kgrid serve --capture): the store URL (None: off), the site recorded with each call,
+    # the subject secret's file (else $KGRID_SUBJECT_SECRET), and fail-closed or best-effort.
+    capture: str | None = None
+    site: str = "default"
+    subject_secret_file: Path | None = None
+    capture_policy: str = "fail-closed"
 
     def to_env(self) -> str:
         data = dataclasses.asdict(self)
@@ -93,6 +99,7 @@ class Settings:
             "trust_dir",
             "metrics_dir",
             "generation_file",
+            "subject_secret_file",
         )
         for key in paths:
             if data.get(key) is not None:

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import Scope
 
+from activator.capture import run_captured, subject_of
 from activator.http import json_response, parse_json, read_body, require_json, state_of
 from activator.problems import PROBLEM_TYPE, Problem, without_paths
 from activator.registry import Snapshot
@@ -131,11 +132,23 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
         "request_id": request_id,
     }
     minimal = _minimal(request)
+    capture = state.capture
+    channel = "kgrid-2" if from_query else "kgrid-1"
+    subject = None
+    if capture is not None:
+        subject = capture.subject_key_of(subject_of(request))
+        if subject is not None and isinstance(inputs, list):
+            raise Problem(400, "X-Subject-Id names one patient; send a batch's patients one request each")
     started = time.perf_counter()
     status = 500  # until the call returns or is refused
     try:
         if isinstance(inputs, list):
-            outcomes = await state.dispatcher.run_alone(_run_batch, ko, endpoint, inputs)
+            if capture is None:
+                outcomes = await state.dispatcher.run_alone(_run_batch, ko, endpoint, inputs)
+            else:
+                captured = await state.dispatcher.run_alone(run_captured, ko, _run_batch, ko, endpoint, inputs)
+                await capture.record(captured, channel=channel, caller="anonymous")
+                outcomes = captured.unwrap()
             if minimal:  # no info to carry the errors: a bad row is its own problem object, never a bare null
                 result: Any = [o.result if isinstance(o, CallResult) else row_problem(o) for o in outcomes]
             else:
@@ -144,7 +157,12 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
             info["errors"] = [field_errors(o, MAX_ROW_ERRORS) if isinstance(o, InputError) else None for o in outcomes]
         else:
             try:
-                out = await state.dispatcher.run(ko.call, endpoint, inputs)
+                if capture is None:
+                    out = await state.dispatcher.run(ko.call, endpoint, inputs)
+                else:
+                    captured = await state.dispatcher.run(run_captured, ko, ko.call, endpoint, inputs)
+                    await capture.record(captured, channel=channel, caller="anonymous", subject=subject, inputs=inputs)
+                    out = captured.unwrap()
             except InputError as exc:
                 status = 422
                 shown = field_errors(exc, MAX_CALL_ERRORS)
