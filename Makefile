@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint java clean
+.PHONY: serve test lint java chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ java:
 		echo "Installing a Java runtime for the Spark tests"; \
 		apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless || apt-get install -y -qq default-jre-headless; }
 
-test: $(VENV)/.installed-test java
+# The catalogue's browser tests drive the distribution's Chromium (Playwright's own download is not used).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "Installing Chromium for the catalogue's browser tests"; \
+		apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: $(VENV)/.installed-test java chromium
 	$(BIN)/ruff check kgrid_py activator knowledge_objects tests benchmarks
 	$(BIN)/lint-imports
 	KGRID_NO_SKIP=1 $(BIN)/python -m pytest -q
