@@ -3,8 +3,9 @@
     summary = score_file(ko, "four-variable", "patients.parquet", "scored.parquet", keep=["id"])
 
 Reads CSV (or TSV, optionally gzipped), Parquet or JSON Lines; writes Parquet or CSV. Memory is
-bounded by the batch size, not the file size: one batch is read, scored with one ONNX run and
-written before the next is read. The output holds exactly the input's rows, in order: the columns
+bounded by the batch size, not the file size: each batch is scored with one ONNX run while one
+thread reads the next batch and another writes the previous one (:mod:`.pipeline`), so at most
+about three batches are held at once. The output holds exactly the input's rows, in order: the columns
 asked for with ``keep``, then the function's outputs, then ``error`` (null when the row was scored)
 and ``warnings`` (inputs outside the intended population). Rows that could not be scored have
 null outputs and an ``error``; they never stop the other rows.
@@ -47,6 +48,7 @@ from kgrid_py.columns import CLI_LABELS, resolve_columns
 from kgrid_py.errors import InputError, KgridError
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.metadata import FieldSpec, OutputSpec
+from kgrid_py.population.pipeline import ReadAhead, WriteBehind
 
 __all__ = [
     "INPUT_FORMATS",
@@ -939,15 +941,7 @@ def score_file(
             scorer.read_text(reader.keep_types(scorer.keep), CSV_NULLS)
         writer = _Writer(target, out_fmt, scorer.output_schema)
         try:
-            for batch, row_errors in reader.batches(scorer.needed):
-                scored = scorer.score(batch, row_errors)
-                writer.write(scored)
-                run.tally.add(BatchScorer.tally(scored))
-                run.batches += 1
-                if progress is not None:
-                    progress.update(run.tally, reader.fraction())
-                if on_batch is not None:
-                    on_batch(run.tally)
+            _stream(reader, scorer, writer, run, progress, on_batch)
             writer.commit()
         except BaseException:
             writer.abort()
@@ -957,3 +951,40 @@ def score_file(
         if progress is not None:
             progress.close()
     return ScoreSummary(run.tally, time.perf_counter() - started, target, run.batches)
+
+
+def _stream(
+    reader: _Reader,
+    scorer: BatchScorer,
+    writer: _Writer,
+    run: _Run,
+    progress: Progress | None,
+    on_batch: Callable[[Tally], None] | None,
+) -> None:
+    """Read batch k+1 and write batch k-1 on their own threads while batch k is scored.
+
+    Output order is input order. Counts, progress and ``on_batch`` follow what is written. Both
+    threads are joined before this returns or raises, so the caller may then remove the file.
+    """
+
+    def read() -> Iterator[tuple[pa.RecordBatch, list[str | None] | None, float | None]]:
+        for batch, row_errors in reader.batches(scorer.needed):
+            yield batch, row_errors, reader.fraction()
+
+    def report(written: list[tuple[Tally, float | None]]) -> None:
+        for tally, fraction in written:
+            run.tally.add(tally)
+            run.batches += 1
+            if progress is not None:
+                progress.update(run.tally, fraction)
+            if on_batch is not None:
+                on_batch(run.tally)
+
+    with ReadAhead(read()) as batches, WriteBehind(writer.write) as behind:
+        for batch, row_errors, fraction in batches:
+            scored = scorer.score(batch, row_errors)
+            del batch, row_errors
+            behind.put(scored, (BatchScorer.tally(scored), fraction))
+            del scored
+            report(behind.written())
+        report(behind.finish())
