@@ -21,6 +21,7 @@ from kgrid_py.cli.curator import COMMANDS
 from kgrid_py.cli.group import cli
 from kgrid_py.cli.monitoring import monitor_command, outcomes
 from kgrid_py.cli.population import score
+from kgrid_py.cli.recalibration import recalibrate
 
 __all__ = ["cli", "main"]
 
@@ -29,6 +30,7 @@ def _add_library_commands() -> None:
     for name, command in COMMANDS.items():
         cli.add_command(command, name)
     cli.add_command(score, "score")
+    cli.add_command(recalibrate, "recalibrate")
     cli.add_command(outcomes, "outcomes")
     cli.add_command(monitor_command, "monitor")
 

@@ -42,7 +42,6 @@ __all__ = [
     "NotConverged",
     "RecalibrationError",
     "Update",
-    "breslow_baseline",
     "cloglog",
     "cox_sums",
     "fit",
@@ -325,19 +324,6 @@ def fit_cox_slope(
     return float(theta[0]), float(1.0 / -hessian[0, 0]), loglik, iterations
 
 
-def breslow_baseline(
-    time: NDArray[np.float64], event: NDArray[np.bool_], offset: NDArray[np.float64], horizon: float
-) -> tuple[float, float, float]:
-    """Breslow Ĥ(h) with ``offset``: Σ_{t_j<=h} d_j / Σ_{R(t_j)} e^{offset}; (Ĥ, Σ d/S0², Σ d·S1/S0²).
-
-    The last two give Var Ĥ (fixed offset) and dĤ/db = -Σ d S1/S0² when the offset is b·x.
-    """
-    sums = cox_sums(time, event, offset, 1.0)
-    upto = sums.times <= horizon
-    d, s0, s1 = sums.deaths[upto], sums.s0[upto], sums.s1[upto]
-    return float(np.sum(d / s0)), float(np.sum(d / s0**2)), float(np.sum(d * s1 / s0**2))
-
-
 def fit_time_to_event(evidence: Evidence, method: Method) -> Update:
     """Baseline (``intercept``) or baseline and slope (``slope``) at each horizon; see the module."""
     event = evidence.cause == 1
@@ -353,22 +339,27 @@ def fit_time_to_event(evidence: Evidence, method: Method) -> Update:
         loglik = cox_partial(evidence.time, event, x[outputs[0]], strata, 1.0)[0]
     if method == "none":
         return Update("time-to-event", "none", [], np.zeros(0), np.zeros((0, 0)), loglik)
-    # Per horizon: Ĥ_h, the Breslow variance part V_h (Σ d/S0² up to h) and q_h = dĤ_h/db.
-    hats, parts, slopes_q = [], [], []
+    # Per horizon h: Ĥ_h = Σ_{t_j<=h} d_j/S0_h(t_j) (offset b·x_h) and q_h = dĤ_h/db = -Σ d_j S1_h/S0_h².
+    # Horizons share the event times, so Cov(Ĥ_h, Ĥ_g) = Σ_{t_j <= min(h, g)} d_j/(S0_h S0_g) + q_h q_g Var b.
+    hats, weights, upto, slopes_q = [], [], [], []
     for o in outputs:
-        hat, var_part, s1_part = breslow_baseline(evidence.time, event, b * x[o], evidence.horizons[o])
+        sums = cox_sums(evidence.time, event, x[o], b)
+        within = sums.times <= evidence.horizons[o]
+        hat = float(np.sum(sums.deaths[within] / sums.s0[within]))
         if hat <= 0:
             raise RecalibrationError(f"{o}: no outcome event within {evidence.horizons[o]:g} days")
-        # offset b·x: d/db Σ d/S0(b) = -Σ d·S1(x)/S0²; breslow_baseline's S1 is of the offset b·x.
         hats.append(hat)
-        parts.append(var_part)
-        slopes_q.append(-s1_part / b if method == "slope" else 0.0)
+        weights.append(sums.deaths / sums.s0)
+        upto.append(within)
+        q = -float(np.sum(sums.deaths[within] * sums.s1[within] / sums.s0[within] ** 2))
+        slopes_q.append(q if method == "slope" else 0.0)
     k = len(outputs)
     cov_h = np.empty((k, k))
     for i in range(k):
         for j in range(k):
-            shared = parts[min(i, j, key=lambda m: evidence.horizons[outputs[m]])]
-            cov_h[i, j] = shared + slopes_q[i] * slopes_q[j] * var_b
+            shared = upto[i] & upto[j]
+            cov_h[i, j] = float(np.sum(weights[i][shared] * weights[j][shared] / sums.deaths[shared]))
+            cov_h[i, j] += slopes_q[i] * slopes_q[j] * var_b
     jac = np.diag(1.0 / np.array(hats))  # a_h = ln Ĥ_h
     names = [f"a[{o}]" for o in outputs]
     estimates = np.log(np.array(hats))
