@@ -5,11 +5,15 @@
 For each KO, in one run:
 1. end to end: ``kgrid_py.population.scoring.score_file`` from the synthetic Parquet file to a new Parquet
    file (``--keep id``), in a fresh child process so that its peak RSS (``ru_maxrss``) is its own;
-2. raw ONNX Runtime: ``InferenceSession.run`` on the same rows, already decoded into the graph's
+2. the Parquet floor: in another fresh process, pyarrow alone reads the same input columns the
+   scorer reads (``iter_batches``, same batch size) and writes the same output columns (the
+   scored file's batches, loaded beforehand) with the same ``ParquetWriter`` settings, fsync and
+   rename; no scoring. ``end to end / floor`` is the share of that I/O-only speed the scorer keeps;
+3. raw ONNX Runtime: ``InferenceSession.run`` on the same rows, already decoded into the graph's
    float64 feeds in memory, batch by batch at the same batch size, one intra-op thread (as the
    library's sessions);
-3. numpy: the same equation written with numpy on the same arrays (checked against ORT);
-4. Spark local mode (``local[2]``): ``kgrid_py.population.spark.score`` on ``--spark-rows`` rows, read from
+4. numpy: the same equation written with numpy on the same arrays (checked against ORT);
+5. Spark local mode (``local[2]``): ``kgrid_py.population.spark.score`` on ``--spark-rows`` rows, read from
    Parquet and written to Parquet (session start-up excluded).
 Writes a Markdown table to stdout and the figures as JSON to ``--json``.
 """
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import synthetic_patients  # noqa: E402
 
 import kgrid_py  # noqa: E402
-from kgrid_py.population.scoring import score_file  # noqa: E402
+from kgrid_py.population.scoring import BatchScorer, score_file  # noqa: E402
 
 CASES = {
     "kfre": ("kfre@1.0.0", "four-variable"),
@@ -132,6 +136,32 @@ def child(kind: str, source: Path, target: Path, batch_size: int) -> None:
     )
 
 
+def floor_child(kind: str, source: Path, scored: Path, batch_size: int) -> None:
+    """Runs in its own process: read the scorer's input columns and write its output columns, no scoring."""
+    ref, function = CASES[kind]
+    ko = kgrid_py.load(ref, shelf=ROOT / "knowledge_objects")
+    needed = BatchScorer(ko, function, pq.read_schema(source), keep=["id"]).needed
+    out = pq.read_table(scored)
+    outputs = out.to_batches(max_chunksize=batch_size)
+    schema = out.schema
+    del out
+    target = scored.with_name(scored.name + ".floor")
+    started = time.perf_counter()
+    rows = 0
+    with pq.ParquetFile(source, pre_buffer=False) as f, pq.ParquetWriter(target, schema, compression="snappy") as w:
+        for batch, output in zip(
+            f.iter_batches(batch_size=batch_size, columns=needed, use_threads=True), outputs, strict=True
+        ):
+            rows += batch.num_rows
+            w.write_batch(output)
+    with open(target, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(target, scored.with_name(scored.name + ".floor-done"))
+    seconds = time.perf_counter() - started
+    scored.with_name(scored.name + ".floor-done").unlink()
+    print(json.dumps({"seconds": seconds, "rows": rows, "rows_per_s": rows / seconds}))
+
+
 def feeds_for(kind: str, source: Path) -> tuple[dict[str, np.ndarray], Path, list[str]]:
     """The input file decoded into the graph's float64 feeds (every row), the model and its outputs."""
     ref, function = CASES[kind]
@@ -215,9 +245,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--kind", choices=[*CASES, "all"], default="all")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SOURCE", "TARGET"), help=argparse.SUPPRESS)
+    parser.add_argument("--floor-child", nargs=3, metavar=("KIND", "SOURCE", "SCORED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child[0], Path(args.child[1]), Path(args.child[2]), args.batch_size)
+        return
+    if args.floor_child:
+        floor_child(args.floor_child[0], Path(args.floor_child[1]), Path(args.floor_child[2]), args.batch_size)
         return
     results: dict[str, dict] = {}
     kinds = list(CASES) if args.kind == "all" else [args.kind]
@@ -229,6 +263,9 @@ def main() -> None:
         command = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--child", kind, str(source)]
         done = subprocess.run([*command, str(target)], check=True, capture_output=True, text=True)
         e2e = json.loads(done.stdout.strip().splitlines()[-1])
+        command = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--floor-child", kind, str(source)]
+        done = subprocess.run([*command, str(target)], check=True, capture_output=True, text=True)
+        floor = json.loads(done.stdout.strip().splitlines()[-1])
         target.unlink(missing_ok=True)
         feeds, model, outputs = feeds_for(kind, source)
         ort_seconds, first = raw_ort(model, feeds, outputs, args.batch_size)
@@ -241,6 +278,8 @@ def main() -> None:
         results[kind] = {
             "rows": n,
             "end_to_end": e2e | {"rows_per_s": n / e2e["seconds"]},
+            "parquet_floor": floor,
+            "ratio_end_to_end_vs_floor": floor["seconds"] / e2e["seconds"],
             "raw_ort": {"seconds": ort_seconds, "rows_per_s": n / ort_seconds},
             "numpy": {"seconds": numpy_seconds, "rows_per_s": n / numpy_seconds, "max_abs_diff_vs_ort": agree},
         }
@@ -250,17 +289,19 @@ def main() -> None:
             results[kind]["spark_local2"] = spark_figure(kind, args.spark_rows, args.data, args.batch_size)
         print(json.dumps({kind: results[kind]}), file=sys.stderr, flush=True)
     print(
-        "| KO | rows | end to end rows/s | peak RSS | raw ORT rows/s | e2e / ORT | numpy rows/s "
-        "| Spark local[2] rows/s |"
+        "| KO | rows | end to end rows/s | Parquet floor rows/s | e2e / floor | peak RSS | raw ORT rows/s "
+        "| e2e / ORT | numpy rows/s | Spark local[2] rows/s | Spark per core / e2e |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for kind, r in results.items():
         spark = r.get("spark_local2")
         spark_text = f"{spark['rows_per_s']:,.0f} ({spark['rows']:,} rows)" if spark else "-"
+        per_core = f"{spark['rows_per_s'] / 2 / r['end_to_end']['rows_per_s']:.2f}x" if spark else "-"
         print(
             f"| {CASES[kind][0]} {CASES[kind][1]} | {r['rows']:,} | {r['end_to_end']['rows_per_s']:,.0f} "
+            f"| {r['parquet_floor']['rows_per_s']:,.0f} | {r['ratio_end_to_end_vs_floor']:.2f}x "
             f"| {r['end_to_end']['peak_rss_mb']:,.0f} MB | {r['raw_ort']['rows_per_s']:,.0f} "
-            f"| {r['ratio_end_to_end_vs_ort']:.2f}x | {r['numpy']['rows_per_s']:,.0f} | {spark_text} |"
+            f"| {r['ratio_end_to_end_vs_ort']:.2f}x | {r['numpy']['rows_per_s']:,.0f} | {spark_text} | {per_core} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
