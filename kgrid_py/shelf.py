@@ -24,7 +24,8 @@ from typing import Any
 
 import semantic_version
 
-from kgrid_py.errors import KgridError, NotFound, RetiredVersion
+from kgrid_py.digest import folder_identity
+from kgrid_py.errors import IntegrityError, KgridError, NotFound, RetiredVersion
 from kgrid_py.ko import METADATA_FILE, KnowledgeObject
 from kgrid_py.metadata import KO_ID_PATTERN
 
@@ -188,9 +189,20 @@ def _load_checked(
     if status == "deprecated" and shelf is not None:
         sunset = lifecycle_record(shelf, str(raw.get("dc:identifier")), str(raw.get("dc:version"))).get("sunset")
     ko = KnowledgeObject.from_path(path, sunset=sunset, **options)
+    if shelf is not None and ko.metadata.lineage:
+        _verify_parent(shelf, ko)
     if ko.deprecation:
         warnings.warn(ko.deprecation, DeprecationWarning, stacklevel=stacklevel)
     return ko
+
+
+def _verify_parent(shelf: Path, ko: KnowledgeObject) -> None:
+    """A derived version's parent, when on this shelf, must still have the digest its lineage names."""
+    last = ko.metadata.lineage[-1]  # type: ignore[index]
+    parent_id, _, parent_version = last.parent.partition("@")
+    folder = shelf / parent_id / parent_version
+    if (folder / METADATA_FILE).is_file() and folder_identity(folder) != last.parent_digest:
+        raise IntegrityError(f"{ko.ref}: its parent {last.parent} on this shelf has changed since it was derived")
 
 
 def lifecycle_record(shelf: Path, ko_id: str, version: str) -> dict[str, Any]:
