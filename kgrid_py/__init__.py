@@ -13,9 +13,7 @@ core; :mod:`kgrid_py.cli` sits on top. This module is the public face over all o
 
 from __future__ import annotations
 
-import importlib
 import os
-from pathlib import Path
 from typing import Any
 
 from kgrid_py import shelf as _shelf
@@ -89,15 +87,13 @@ def load(
     """
     where = os.fspath(shelf) if shelf is not None else os.environ.get("KGRID_SHELF", _shelf.DEFAULT_SHELF)
     if _shelf.is_manifest_url(where):
-        from kgrid_py.curation.remote import sync  # only a remote shelf needs the publishing machinery
+        from kgrid_py.curation.remote import local_shelf  # only a remote shelf needs the publishing machinery
 
-        cache = Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
-        where = os.fspath(sync(where, cache).shelf)
+        where = local_shelf(where)
     ko = _shelf.load(ref, where, verify_vectors=verify_vectors, allow_retired=allow_retired, stacklevel=3)
     if capture is not None:
-        # Imported by name, at run time: population (below learning) loads KOs through this facade
-        # too, and never asks for capture; a static import would put learning beneath it.
-        learning = importlib.import_module("kgrid_py.learning.capture")
+        from kgrid_py.learning import capture as learning  # only a capturing caller needs the store
+
         site = site or os.environ.get("KGRID_SITE")
         if not site:
             raise ValueError("capture needs a site: load(..., site='NAME') or $KGRID_SITE")

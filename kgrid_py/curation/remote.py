@@ -36,9 +36,18 @@ from kgrid_py.curation.publish import PublishOutcome, PublishPolicy, publish_arc
 from kgrid_py.digest import sha256_bytes
 from kgrid_py.errors import KgridError
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.shelf import Shelf
+from kgrid_py.shelf import DEFAULT_SHELF, Shelf, is_manifest_url
 
-__all__ = ["RemoteItem", "SyncResult", "fetch_archive", "fetch_manifest", "load", "parse_manifest", "sync"]
+__all__ = [
+    "RemoteItem",
+    "SyncResult",
+    "fetch_archive",
+    "fetch_manifest",
+    "load",
+    "local_shelf",
+    "parse_manifest",
+    "sync",
+]
 
 TIMEOUT = (5.0, 60.0)
 _MAX_MANIFEST_BYTES = 4 << 20
@@ -149,6 +158,17 @@ def sync(
             result.refused.append((item.url, str(exc)))
     result.shelf.mkdir(parents=True, exist_ok=True)
     return result
+
+
+def local_shelf(where: str | os.PathLike[str] | None) -> str:
+    """A shelf setting as a local folder: a manifest URL is synced into ``$KGRID_CACHE`` (else
+    ``~/.cache/kgrid-py``) first; anything else (None: ``$KGRID_SHELF``, else ``knowledge_objects``)
+    is returned as it is."""
+    text = os.fspath(where) if where is not None else os.environ.get("KGRID_SHELF", DEFAULT_SHELF)
+    if not is_manifest_url(text):
+        return text
+    cache = Path(os.environ.get("KGRID_CACHE") or Path.home() / ".cache" / "kgrid-py")
+    return os.fspath(sync(text, cache).shelf)
 
 
 def load(ref: str, manifest_url: str, cache_dir: Path, policy: PublishPolicy | None = None) -> KnowledgeObject:

@@ -54,10 +54,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from kgrid_py import load
+from kgrid_py.curation.remote import local_shelf
 from kgrid_py.errors import InvalidKO
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.population.scoring import BatchScorer
+from kgrid_py.shelf import load
 
 __all__ = ["score"]
 
@@ -101,7 +102,7 @@ def score(
 
     if ship not in SHIPPING:
         raise ValueError(f"ship must be one of {', '.join(SHIPPING)}, not {ship!r}")
-    ko = load(ref, shelf=shelf)
+    ko = load(ref, shelf=local_shelf(shelf))  # a manifest URL is synced on the driver
     scorer = BatchScorer(ko, endpoint, to_arrow_schema(dataframe.schema), mapping=mapping, units=units, keep=keep or ())
     archive = None
     if ship == "archive":
