@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: serve test lint java chromium clean
+.PHONY: serve test lint java chromium postgres clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,14 @@ chromium:
 		echo "Installing Chromium for the catalogue's browser tests"; \
 		apt-get update -qq && apt-get install -y -qq chromium; }
 
-test: $(VENV)/.installed-test java chromium
+# The capture tests start a real PostgreSQL (tests/pg.py: initdb/pg_ctl on a temporary directory);
+# install the server binaries where none are under /usr/lib/postgresql/*/bin.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		echo "Installing PostgreSQL for the capture tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; }
+
+test: $(VENV)/.installed-test java chromium postgres
 	$(BIN)/ruff check kgrid_py activator knowledge_objects tests benchmarks
 	$(BIN)/lint-imports
 	KGRID_NO_SKIP=1 $(BIN)/python -m pytest -q
