@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 pytest.importorskip("pyspark", reason="pyspark is in the test extra: pip install -e '.[test]'")
@@ -124,3 +125,32 @@ def test_executor_refuses_a_ko_other_than_the_drivers(shelf: Path) -> None:
     ko = KnowledgeObject.from_path(shelf / "demo-bmi" / "1.0.0")
     with pytest.raises(InvalidKO, match="differs from the driver's"):
         kspark.executor_ko(job_for(ko, digest="0" * 64))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "rows", "expected"),
+    [
+        ([2, 2, 2], 4, [4, 2]),
+        ([5], 4, [5]),
+        ([1, 0, 3, 4, 1], 4, [4, 4, 1]),
+        ([3, 3], 100, [6]),
+        ([], 4, []),
+    ],
+)
+def test_blocks_join_sparks_batches_in_order(sizes: list[int], rows: int, expected: list[int]) -> None:
+    start, batches = 0, []
+    for n in sizes:
+        batches.append(pa.record_batch({"i": pa.array(range(start, start + n), pa.int64())}))
+        start += n
+    out = list(kspark.blocks(iter(batches), rows))
+    assert [b.num_rows for b in out] == expected
+    assert [v for b in out for v in b.column("i").to_pylist()] == list(range(start))
+
+
+def test_executor_scorer_is_built_once_per_job_and_schema(shelf: Path) -> None:
+    ko = KnowledgeObject.from_path(shelf / "demo-bmi" / "1.0.0")
+    schema = pa.schema([("weight", pa.float64()), ("height", pa.float64()), ("sex", pa.string()), ("age", pa.int64())])
+    first = kspark.executor_scorer(job_for(ko), schema)
+    assert kspark.executor_scorer(job_for(ko), schema) is first
+    other = pa.schema([*schema, ("smoker", pa.bool_())])
+    assert kspark.executor_scorer(job_for(ko), other) is not first

@@ -18,7 +18,8 @@ KO packed as an archive (:mod:`kgrid_py.curation.archive`) inside the task closu
 process loads the KO once (the archive is unpacked into a temporary folder, checking every
 digest), verifies every file against its metadata, checks that its content digest is the one the
 driver resolved, and keeps it, with its one ONNX Runtime session per model, in a module-level
-cache for every later task and batch. Spark reuses Python workers by default
+cache for every later task and batch, with the resolved column plan (:class:`BatchScorer`) for
+each input schema. Spark reuses Python workers by default
 (``spark.python.worker.reuse``), so that is one load per worker process, not per task. ONNX
 Runtime uses one intra-op thread per session (``KGRID_ORT_INTRA_THREADS``), since Spark already
 runs one task per core.
@@ -33,9 +34,11 @@ Running on a cluster
    executor (a shared file system such as NFS, or a path baked into the image). Otherwise use
    ``ship="archive"``: only the driver needs the shelf, and the archive travels with the tasks.
    Either way an executor refuses a KO whose files or content digest differ from the driver's.
-3. Tune the batch size with ``spark.sql.execution.arrow.maxRecordsPerBatch`` (default 10,000;
-   50,000-100,000 amortises the per-batch cost better) and set ``spark.executor.cores`` to the
-   cores you want busy; each task scores its partition's batches in turn.
+3. Each task joins Spark's Arrow batches into blocks of at least :data:`BLOCK_ROWS` (65,536)
+   rows and scores a block with one ONNX run, so the per-batch cost is amortised whatever
+   ``spark.sql.execution.arrow.maxRecordsPerBatch`` is; raising that setting (to 65,536) also
+   saves Spark's own per-batch cost of moving Arrow data between the JVM and Python. Set
+   ``spark.executor.cores`` to the cores you want busy; each task scores its partition in turn.
 
     spark-submit --master yarn --conf spark.sql.execution.arrow.maxRecordsPerBatch=65536 \\
         --archives kgrid-env.tar.gz#env --conf spark.pyspark.python=./env/bin/python score_job.py
@@ -66,7 +69,9 @@ SHIPPING = ("path", "archive")
 
 # One verified KO per (folder, content digest) per Python worker process.
 _KOS: dict[tuple[str, str], KnowledgeObject] = {}
+_SCORERS: dict[tuple[_Job, pa.Schema], BatchScorer] = {}
 _LOCK = threading.Lock()
+BLOCK_ROWS = 65_536  # rows scored at once on an executor (see blocks())
 
 
 @dataclass(frozen=True)
@@ -124,19 +129,45 @@ def score(
 
 
 def _score_batches(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Runs on the executors: one scorer per task over the worker's cached KO."""
+    """Runs on the executors: blocks of Spark's batches through the worker's cached scorer."""
     scorer: BatchScorer | None = None
-    for batch in batches:
+    for block in blocks(batches, BLOCK_ROWS):
         if scorer is None:
-            scorer = BatchScorer(
-                executor_ko(job),
-                job.function,
-                batch.schema,
-                mapping=dict(job.mapping),
-                units=dict(job.units),
-                keep=job.keep,
-            )
-        yield scorer.score(batch)
+            scorer = executor_scorer(job, block.schema)
+        yield scorer.score(block)
+
+
+def blocks(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Spark's Arrow batches joined into blocks of at least ``rows`` rows (the last may be smaller), in order.
+
+    Each block is one ``call_batch`` and one ONNX run, so its fixed cost is paid per ``rows``
+    rows whatever ``spark.sql.execution.arrow.maxRecordsPerBatch`` is (default 10,000); memory
+    stays bounded by ``rows`` plus one of Spark's batches.
+    """
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+            pending, count = [], 0
+    if pending:
+        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+
+
+def executor_scorer(job: _Job, schema: pa.Schema) -> BatchScorer:
+    """The scorer for ``job`` and this input schema in this process: built once, reused by every task."""
+    key = (job, schema)
+    scorer = _SCORERS.get(key)
+    if scorer is None:
+        ko = executor_ko(job)
+        scorer = BatchScorer(ko, job.function, schema, mapping=dict(job.mapping), units=dict(job.units), keep=job.keep)
+        with _LOCK:
+            _SCORERS[key] = scorer
+    return scorer
 
 
 def executor_ko(job: _Job) -> KnowledgeObject:
