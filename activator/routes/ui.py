@@ -15,6 +15,7 @@ call. ``GET /`` from a browser (``Accept: text/html``) redirects here; JSON clie
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
@@ -41,12 +42,23 @@ from activator.catalogue import (
     STATUSES,
     bounds_text,
     interpretation,
+    metadata_of,
     summaries,
     units_of,
     version_view,
 )
 from activator.http import read_body, state_of
 from activator.markdown import MAX_CARD_BYTES, render_markdown
+from activator.monitoring import (
+    LABELS,
+    MAX_WINDOW_DAYS,
+    MonitorCache,
+    ReportKey,
+    calibration_png,
+    default_since,
+    metric_rows,
+    volume_png,
+)
 from activator.problems import Problem, without_paths
 from activator.registry import Snapshot
 from activator.reloading import reload_everywhere
@@ -57,6 +69,9 @@ from kgrid_py.curation.lifecycle import SETTABLE, normalise_time, set_status
 from kgrid_py.curation.publish import PublishPolicy, publish_archive
 from kgrid_py.curation.tokens import Principal, TokenStore
 from kgrid_py.errors import KgridError, NotFound
+from kgrid_py.learning.monitor import MonitorError
+from kgrid_py.learning.store import CaptureStore, StoreError
+from kgrid_py.metadata import FunctionSpec
 from kgrid_py.shelf import STATE_DIR, InvalidReference, Reference, ShelfEntry
 
 __all__ = ["CSP", "Catalogue", "Curator"]
@@ -153,6 +168,7 @@ class Catalogue:
         self.settings = settings
         self.curator = curator
         self.templates = _templates()
+        self.monitors = MonitorCache()
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -165,6 +181,14 @@ class Catalogue:
             Route("/ui/kos/{ko_id}/{version}", page(self.version), methods=["GET"]),
             Route("/ui/kos/{ko_id}/{version}/archive.zip", page(self.archive), methods=["GET"]),
             Route("/ui/kos/{ko_id}/{version}/try/{endpoint}", page(self.try_it), methods=["GET"]),
+            Route("/ui/kos/{ko_id}/{version}/monitor", page(self.monitor_first), methods=["GET"]),
+            Route("/ui/kos/{ko_id}/{version}/monitor/{function}", page(self.monitor_page), methods=["GET"]),
+            Route("/ui/kos/{ko_id}/{version}/monitor/{function}/volume.png", page(self.volume_plot), methods=["GET"]),
+            Route(
+                "/ui/kos/{ko_id}/{version}/monitor/{function}/calibration.png",
+                page(self.calibration_plot),
+                methods=["GET"],
+            ),
             Route("/ui/curate", page(self.curate), methods=["GET"]),
             Route("/ui/curate/publish", page(self.publish_preview), methods=["POST"]),
             Route("/ui/curate/publish/confirm", page(self.publish_confirm), methods=["POST"]),
@@ -301,6 +325,99 @@ class Catalogue:
             outputs=outputs,
             indicators=interpretation(function),
         )
+
+    # -- monitoring ----------------------------------------------------------------------------------------
+
+    async def monitor_first(self, request: Request) -> Response:
+        """``.../monitor``: the first function's page (most KOs have one function)."""
+        _, entry, functions = await self._functions(request)
+        if not functions:
+            raise PageError(404, "Not found", f"{entry.ko_id} {entry.version} declares no function.")
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(f"/ui/kos/{entry.ko_id}/{entry.version}/monitor/{functions[0].name}{query}", 303)
+
+    async def monitor_page(self, request: Request) -> Response:
+        """Per site: volume, refusal and warning rates and, with outcomes, the key metrics and alerts."""
+        snapshot, entry, functions = await self._functions(request)
+        function = _function(functions, request.path_params["function"], entry)
+        context: dict[str, Any] = {"entry": entry, "function": function, "functions": functions}
+        store = _store_of(request)
+        if store is None:
+            return self.render(request, "monitor.html", capture=False, **context)
+        key = _report_key(request, snapshot.generation, entry, function)
+        report = await self._report(store, key, function)
+        sites = [
+            {"section": section, "performance": metric_rows(report, section["site"])} for section in report["sites"]
+        ]
+        return self.render(
+            request,
+            "monitor.html",
+            capture=True,
+            report=report,
+            sites=sites,
+            since=key.since.isoformat(),
+            base=f"/ui/kos/{entry.ko_id}/{entry.version}/monitor/{function.name}",
+            ttl=int(self.monitors.ttl_s),
+            labels=LABELS,
+            **context,
+        )
+
+    async def volume_plot(self, request: Request) -> Response:
+        key, report, site = await self._plot_report(request)
+        section = next((s for s in report["sites"] if s["site"] == site and s["volume"]), None)
+        if section is None:
+            raise PageError(404, "No calls", f"No calls were captured at site {site!r} in this window.")
+        png = await self.monitors.plot(key, report, ("volume", site), lambda _: volume_png(section["volume"]))
+        return _png_response(png)
+
+    async def calibration_plot(self, request: Request) -> Response:
+        key, report, site = await self._plot_report(request)
+        horizon = request.query_params.get("horizon", "")[:MAX_QUERY]
+        perf = next(
+            (
+                p
+                for s in report["sites"]
+                if s["site"] == site
+                for p in s["performance"]
+                if (p["horizon"] or "") == horizon and p.get("curve")
+            ),
+            None,
+        )
+        if perf is None:
+            raise PageError(404, "No calibration curve", "There are too few linked outcomes here for a curve.")
+        png = await self.monitors.plot(key, report, ("calibration", site, horizon), lambda _: calibration_png(perf))
+        return _png_response(png)
+
+    async def _functions(self, request: Request) -> tuple[Snapshot, ShelfEntry, list[FunctionSpec]]:
+        snapshot = self.snapshot(request)
+        entry = self.entry(snapshot, request.path_params["ko_id"], request.path_params["version"])
+        try:
+            metadata, _ = await anyio.to_thread.run_sync(metadata_of, snapshot, entry)
+        except (KgridError, OSError) as exc:
+            raise PageError(500, "Unreadable", f"This version cannot be read: {without_paths(str(exc))}") from None
+        return snapshot, entry, list(metadata.functions)
+
+    async def _report(self, store: CaptureStore, key: ReportKey, function: FunctionSpec) -> dict[str, Any]:
+        try:
+            return await self.monitors.report(store, key, function)
+        except StoreError:
+            log.exception("monitoring %s@%s %s: capture store unreadable", key.ko_id, key.version, key.function)
+            detail = "The capture store cannot be read now; try again in a moment."
+            raise PageError(503, "Capture store unavailable", detail) from None
+        except MonitorError as exc:
+            raise PageError(422, "Cannot monitor", str(exc)) from None
+
+    async def _plot_report(self, request: Request) -> tuple[ReportKey, dict[str, Any], str]:
+        snapshot, entry, functions = await self._functions(request)
+        function = _function(functions, request.path_params["function"], entry)
+        store = _store_of(request)
+        if store is None:
+            raise PageError(404, "Capture is off", "This server does not capture calls (kgrid serve --capture).")
+        site = request.query_params.get("site", "")
+        if not site or len(site) > MAX_QUERY:
+            raise PageError(400, "Which site", "Name the site (?site=...) of the plot.")
+        key = _report_key(request, snapshot.generation, entry, function)
+        return key, await self._report(store, key, function), site
 
     # -- curator actions -------------------------------------------------------------------------------
 
@@ -446,6 +563,46 @@ class Catalogue:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
+
+
+def _store_of(request: Request) -> CaptureStore | None:
+    """The capture store when the server runs with --capture, else None."""
+    capture = state_of(request).capture
+    return None if capture is None else capture.writer.store  # type: ignore[no-any-return]
+
+
+def _function(functions: list[FunctionSpec], name: str, entry: ShelfEntry) -> FunctionSpec:
+    for function in functions:
+        if function.name == name:
+            return function
+    raise PageError(404, "Not found", f"{entry.ko_id} {entry.version} has no function {name!r}.")
+
+
+def _report_key(request: Request, generation: int, entry: ShelfEntry, function: FunctionSpec) -> ReportKey:
+    """The report a request asks for: every site since ``?since=YYYY-MM-DD`` (default: :func:`default_since`).
+
+    One report per window serves the page and all its plots (a plot's ``?site=`` picks a section of it).
+    """
+    today = time.gmtime()
+    today_date = dt.date(today.tm_year, today.tm_mon, today.tm_mday)
+    text = request.query_params.get("since", "")
+    if text:
+        try:
+            since = dt.date.fromisoformat(text[:10]) if len(text) == 10 else None
+        except ValueError:
+            since = None
+        if since is None:
+            raise PageError(400, "Bad date", f"since must be a date, YYYY-MM-DD; got {text[:40]!r}.")
+        if since > today_date or (today_date - since).days > MAX_WINDOW_DAYS:
+            raise PageError(400, "Bad window", f"since must be a date in the last {MAX_WINDOW_DAYS} days.")
+    else:
+        since = default_since(function, today_date)
+    return ReportKey(entry.ko_id, entry.version, function.name, None, since, generation)
+
+
+def _png_response(png: bytes) -> Response:
+    headers = {**_SECURITY_HEADERS, "Cache-Control": "private, max-age=60"}
+    return Response(png, media_type="image/png", headers=headers)
 
 
 def _card_html(path: Path, metadata: Any) -> str | None:
