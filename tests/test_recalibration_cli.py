@@ -95,10 +95,16 @@ def test_recalibrate_writes_a_valid_version_that_goes_through_the_curator_path(s
 
 
 def test_changed_parent_is_refused_on_load(shelf: Path, tmp_path: Path) -> None:
+    # Self-contained: its own shelf with the parent only, and its own derived 1.1.0.
     books = tmp_path / "shelf"
-    shutil.copytree(shelf / "shelf", books)
-    if not (books / "kfre" / "1.1.0").exists():
-        pytest.skip("needs the version written by the previous test")
+    shutil.copytree(shelf / "shelf" / "kfre" / "1.0.0", books / "kfre" / "1.0.0")
+    invoke(
+        "recalibrate", "kfre@1.0.0", "four-variable", "--shelf", str(books),
+        "--validation", str(shelf / "val.parquet"), "--out", str(books / "kfre" / "1.1.0"),
+        "--method", "intercept", "--bootstrap", "2",
+        "--horizon", "risk_2y=730", "--horizon", "risk_5y=1826",
+    )  # fmt: skip
+    kgrid_py.load("kfre@1.1.0", shelf=books)  # loads while the parent is unchanged
     card = books / "kfre" / "1.0.0" / "README.md"
     card.write_text(card.read_text() + "\nchanged\n")
     # Re-seal the parent so it loads by itself: only its identity changed.
