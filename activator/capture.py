@@ -16,21 +16,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 
 from activator.problems import Problem
 from kgrid_py.ko import CallEvent, KnowledgeObject
-from kgrid_py.learning.capture import records_from_event
+from kgrid_py.learning.capture import encode_json, records_from_event
+from kgrid_py.learning.ids import id_from_uuid
 from kgrid_py.learning.records import CallRecord
 from kgrid_py.learning.store import CaptureStore, StoreError
 from kgrid_py.learning.subjects import SubjectKeyer, SubjectSecretError
 
-__all__ = ["POLICIES", "Capture", "CaptureWriter", "Captured", "run_captured"]
+__all__ = ["POLICIES", "Capture", "CaptureWriter", "Captured", "refused_event", "run_captured", "subject_of"]
 
 log = logging.getLogger("activator.capture")
 
@@ -154,6 +157,21 @@ class Capture:
         self.policy = policy
         self.writer = CaptureWriter(store)
         self.on_lost = on_lost
+        if keyer is None:
+            log.warning(
+                "capture: no subject secret (--subject-secret-file or $KGRID_SUBJECT_SECRET): CDS Hooks calls "
+                "are recorded without a subject key, and X-Subject-Id is refused"
+            )
+
+    def patient_of(self, patient_id: str) -> str | None:
+        """A CDS ``context.patientId`` to key (checked now, 400 if unusable); None without a secret."""
+        if self.keyer is None:
+            return None
+        try:
+            self.keyer.key(patient_id)
+        except SubjectSecretError as exc:
+            raise Problem(400, f"context.patientId: {exc}") from None
+        return patient_id
 
     def subject_key_of(self, subject: str | None) -> Any:
         """Refuse (400) a subject this server cannot key, before any computing."""
@@ -176,8 +194,13 @@ class Capture:
         subject: str | None = None,
         inputs: Any = None,
         capture_id: str | None = None,
+        not_answered: str | None = None,
     ) -> list[str]:
-        """Commit the records of ``captured``'s events; the ids. Fail-closed: 503 if not committed."""
+        """Commit the records of ``captured``'s events; the ids. Fail-closed: 503 if not committed.
+
+        ``not_answered`` marks rows computed but withheld (an OIP batch refused whole for its other
+        rows): they are stored as refused with that reason, so no one counts them as answered.
+        """
         records: list[CallRecord] = []
         for i, event in enumerate(captured.events):
             records.extend(
@@ -192,6 +215,10 @@ class Capture:
                     capture_id=capture_id if i == 0 else None,
                 )
             )
+        if not_answered is not None:
+            for r in records:
+                if r.status == "ok":
+                    r.status, r.error = "refused", not_answered[:4000]
         try:
             await self.writer.commit(records)
         except StoreError as exc:
@@ -206,8 +233,54 @@ class Capture:
             ) from None
         return [r.id for r in records]
 
+    async def record_feedback(self, entries: list[dict[str, Any]], *, caller: str, ko_id: str, function: str) -> None:
+        """CDS feedback into the store's ``feedback`` table, each row linked to the call its card is.
+
+        A card that is not the record of a call to this KO function is a 422 naming it; a store
+        that fails is a 503 (the EHR retries), whatever the capture policy: nothing was answered.
+        """
+        ids: list[str] = []
+        for n, entry in enumerate(entries):
+            try:
+                ids.append(id_from_uuid(entry["card"]))
+            except ValueError:
+                card = entry["card"][:64]
+                raise Problem(422, f"feedback[{n}].card {card!r} is not a card this server issued") from None
+        store = self.writer.store
+        try:
+            known = await anyio.to_thread.run_sync(store.calls_by_id, ids, ("ko_id", "function"))
+            for n, capture_id in enumerate(ids):
+                call = known.get(capture_id)
+                if call is None or (call["ko_id"], call["function"]) != (ko_id, function):
+                    card = entries[n]["card"][:64]
+                    raise Problem(422, f"feedback[{n}].card {card!r} is not a card this service answered with")
+            rows = [
+                {
+                    "capture_id": capture_id,
+                    "site": self.site,
+                    "caller": caller,
+                    "kind": entry["outcome"],
+                    "override_reason": encode_json(entry["overrideReason"]) if entry.get("overrideReason") else None,
+                    "detail": entry,
+                }
+                for capture_id, entry in zip(ids, entries, strict=True)
+            ]
+            await anyio.to_thread.run_sync(store.write_feedback_rows, rows)
+        except StoreError as exc:
+            raise Problem(
+                503, f"the feedback was not stored (capture store: {exc})", headers={"Retry-After": "5"}
+            ) from None
+
     def close(self) -> None:
         self.writer.close()
+
+
+def refused_event(ko: KnowledgeObject, function: str, inputs: Any, error: str, subject: Any = None) -> Captured:
+    """A refused call the KO never saw (a CDS card that could not be computed), as a Captured to record."""
+    now = time.time_ns()
+    # _provenance_for is the core's own fallback for events about a call that did not run.
+    event = CallEvent(ko._provenance_for(function), inputs, None, None, "refused", error, now, 0, subject)
+    return Captured(True, None, [event])
 
 
 def subject_of(request: Request) -> str | None:

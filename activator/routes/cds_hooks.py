@@ -44,6 +44,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, Router, request_response
 from starlette.types import ASGIApp
 
+from activator.capture import refused_event, run_captured
 from activator.cds_auth import AuthError, JwtVerifier
 from activator.cds_store import CdsStore
 from activator.http import parse_json, read_body, require_json
@@ -52,6 +53,7 @@ from activator.refusals import RefusalAudit
 from kgrid_py.errors import InputError, KgridError
 from kgrid_py.fhir import FhirData, FhirDataError, FhirMapping, bound_inputs, map_inputs, next_link, prefetch_templates
 from kgrid_py.ko import CallResult, KnowledgeObject
+from kgrid_py.learning.ids import id_to_uuid, new_id
 from kgrid_py.metadata import FunctionSpec
 
 __all__ = ["CdsHooks", "CdsService", "CdsSettings", "cds_router", "display_unit"]
@@ -253,6 +255,9 @@ class CdsHooks:
                 mapping = map_inputs(service.function, data, datetime.now(UTC))
             except FhirDataError as exc:  # a selected resource, validated only now, is malformed
                 raise Problem(400, f"unusable FHIR data: {exc}") from None
+            capture = _capture_of(request)
+            if capture is not None:
+                return await self._captured_call(capture, claims, context, service, mapping, notes)
             if not mapping.complete:
                 return JSONResponse({"cards": [_missing_card(service, mapping, notes)]})
             try:
@@ -265,15 +270,52 @@ class CdsHooks:
         except (sqlite3.Error, OSError):
             return problem_response(request, _store_unavailable(self.store))
 
+    async def _captured_call(
+        self,
+        capture: Any,
+        claims: dict[str, Any] | None,
+        context: dict[str, Any],
+        service: CdsService,
+        mapping: FhirMapping,
+        notes: list[str],
+    ) -> Response:
+        """Compute, commit the call's record (its id is the card's uuid), then answer (capture on)."""
+        patient = capture.patient_of(context["patientId"])
+        caller = str(claims["iss"]) if claims else "no-auth"
+        ko, name = service.ko, service.function.name
+        if not mapping.complete:
+            missing = ", ".join(g.input for g in mapping.gaps)
+            captured = refused_event(ko, name, mapping.inputs, f"missing inputs: {missing}", patient)
+        else:
+            captured = await anyio.to_thread.run_sync(run_captured, ko, ko.call, name, mapping.inputs)
+        capture_id = new_id()
+        await capture.record(
+            captured, channel="cds-hooks", caller=caller, subject=patient, inputs=mapping.inputs, capture_id=capture_id
+        )
+        if not mapping.complete:
+            card = _missing_card(service, mapping, notes)
+        elif isinstance(captured.value, InputError):
+            card = _invalid_card(service, mapping, captured.value, notes)
+        else:
+            card = _result_card(service, mapping, captured.unwrap(), notes)
+        card["uuid"] = id_to_uuid(capture_id)
+        return JSONResponse({"cards": [card]})
+
     async def record_feedback(self, request: Request) -> Response:
         if request.method == "OPTIONS":
             return Response(status_code=204, headers={"Allow": "POST, OPTIONS"})
         try:
             service = self._service(request)
-            await self._authorize(request, service)
+            claims = await self._authorize(request, service)
             body = await _json_body(request, MAX_FEEDBACK_BODY_BYTES)
             records = _feedback_records(body, service)
-            await anyio.to_thread.run_sync(self.store.add_feedback, records)
+            capture = _capture_of(request)
+            if capture is not None:
+                caller = str(claims["iss"]) if claims else "no-auth"
+                ko_id, function = service.ko.id, service.function.name
+                await capture.record_feedback(records, caller=caller, ko_id=ko_id, function=function)
+            else:
+                await anyio.to_thread.run_sync(self.store.add_feedback, records)
             return JSONResponse({})
         except Problem as problem:
             return problem_response(request, problem)
@@ -408,6 +450,11 @@ class CdsHooks:
                     f"{key}: a further page of results could not be read, so a more recent value may have been missed"
                 )
                 return
+
+
+def _capture_of(request: Request) -> Any:
+    """The activator's capture (activator.capture.Capture) when it runs with --capture; else None."""
+    return getattr(getattr(request.state, "activator", None), "capture", None)
 
 
 def _store_unavailable(store: CdsStore) -> Problem:

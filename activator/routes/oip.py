@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from activator.capture import run_captured
 from activator.http import json_response, parse_json, read_body, state_of
 from activator.problems import Problem
 from activator.registry import Snapshot
@@ -293,6 +294,22 @@ def _encode(spec: OutputSpec, column: np.ndarray, binary: bool) -> tuple[dict[st
     return tensor, None
 
 
+async def _run(request: Request, ko: KnowledgeObject, endpoint: str, columns: dict[str, Any]) -> Any:
+    """``call_batch`` on an inference thread; under capture, one record per row (channel oip) first.
+
+    The protocol refuses a batch whole when any row is bad, so then every row's record says it
+    was not answered."""
+    state = state_of(request)
+    if state.capture is None:
+        return await state.dispatcher.run_alone(ko.call_batch, endpoint, columns)
+    captured = await state.dispatcher.run_alone(run_captured, ko, ko.call_batch, endpoint, columns)
+    withheld = None
+    if captured.ok and any(captured.value.errors):
+        withheld = "not answered: the OIP request was refused for its other rows"
+    await state.capture.record(captured, channel="oip", caller="anonymous", not_answered=withheld)
+    return captured.unwrap()
+
+
 async def infer(request: Request) -> Response:
     state = state_of(request)
     snapshot, entry, ko, endpoint = _model(request)
@@ -317,7 +334,7 @@ async def infer(request: Request) -> Response:
         raise _oip_problem(400, '"outputs" must be a list')
     started = time.perf_counter()
     try:
-        batch = await state.dispatcher.run_alone(ko.call_batch, endpoint, columns)
+        batch = await _run(request, ko, endpoint, columns)
     except InputError as exc:
         state.metrics.observe_call(ko.id, ko.version, f"oip:{endpoint}", time.perf_counter() - started, rows, 400)
         raise _oip_problem(400, f"invalid input for {ko.ref} {endpoint}: {exc}") from None

@@ -101,8 +101,8 @@ def records_from_event(
     keyer raises :class:`CaptureError`: an id is never stored raw.
     """
     subject = event.subject if subject is None else subject
-    if event.batch:
-        return _batch_records(event, site, caller, keyer)
+    if event.batch:  # a library call_batch is channel "batch"; OIP keeps its own
+        return _batch_records(event, site, "batch" if channel == "library" else channel, caller, keyer)
     key = _key(keyer, subject)
     p = event.provenance
     result = event.result
@@ -154,14 +154,16 @@ def _column_list(column: Any) -> list[Any]:
     return list(column)
 
 
-def _batch_records(event: CallEvent, site: str, caller: str, keyer: SubjectKeyer | None) -> list[CallRecord]:
-    """One record per row (channel ``batch``); a refused table is one record with its error."""
+def _batch_records(
+    event: CallEvent, site: str, channel: str, caller: str, keyer: SubjectKeyer | None
+) -> list[CallRecord]:
+    """One record per row; a refused table is one record with its error."""
     p = event.provenance
     ms = event.started_ns // 1_000_000
     common = {
         "ts_us": event.started_ns // 1000,
         "site": site,
-        "channel": "batch",
+        "channel": channel,
         "caller": caller,
         "ko_id": p.ko_id,
         "version": p.version,

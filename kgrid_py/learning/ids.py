@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 
-__all__ = ["id_time_ms", "is_id", "new_id"]
+__all__ = ["id_from_uuid", "id_time_ms", "id_to_uuid", "is_id", "new_id"]
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _DECODE = {c: i for i, c in enumerate(_ALPHABET)}
@@ -62,3 +63,22 @@ def id_time_ms(text: str) -> int:
     for c in text[:10]:
         value = (value << 5) | _DECODE[c]
     return value
+
+
+def id_to_uuid(text: str) -> str:
+    """The id's 128 bits in UUID text form (a CDS Hooks card's ``uuid``); :func:`id_from_uuid` inverts it."""
+    if not is_id(text):
+        raise ValueError(f"not a capture id: {text!r}")
+    value = 0
+    for c in text:
+        value = (value << 5) | _DECODE[c]
+    return str(uuid.UUID(int=value))
+
+
+def id_from_uuid(text: str) -> str:
+    """The capture id a UUID-form card id stands for; ValueError for text that is not a UUID."""
+    try:
+        value = uuid.UUID(text).int
+    except (ValueError, AttributeError, TypeError):
+        raise ValueError(f"not a UUID: {text[:64]!r}") from None
+    return _encode(value)

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,41 @@ class CaptureStore:
         self._write(feedback.insert(), [row])
         return row["id"]
 
+    def write_feedback_rows(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """Store several feedback rows (keys as :meth:`write_feedback`'s arguments) in one transaction."""
+        now = time.time_ns() // 1000
+        full = [
+            {
+                "id": new_id(),
+                "capture_id": r["capture_id"],
+                "ts_us": r.get("ts_us") or now,
+                "site": r["site"],
+                "caller": r["caller"],
+                "kind": r["kind"],
+                "override_reason": r.get("override_reason"),
+                "detail": json.dumps(r.get("detail") or {}, separators=(",", ":"), default=str),
+            }
+            for r in rows
+        ]
+        if full:
+            self._write(feedback.insert(), full)
+        return [r["id"] for r in full]
+
+    def calls_by_id(
+        self, ids: Iterable[str], columns: Sequence[str] = ("id", "ko_id", "function")
+    ) -> dict[str, dict[str, Any]]:
+        """The named columns of the calls with these ids (missing ids are absent from the answer)."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return {}
+        chosen = [calls.c[name] for name in dict.fromkeys(["id", *columns])]
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(sa.select(*chosen).where(calls.c.id.in_(wanted))).mappings().all()
+        except Exception as exc:
+            raise StoreError(f"capture store {self.url}: read failed: {_cause(exc)}") from exc
+        return {r["id"]: dict(r) for r in rows}
+
     def _write(self, statement: sa.Executable, rows: list[dict[str, Any]]) -> None:
         try:
             with self.engine.connect() as conn:
@@ -260,6 +295,35 @@ class CaptureStore:
         ``since``/``until`` are UTC epoch microseconds, an aware datetime, or a date (midnight
         UTC); ``columns`` limits what is read (default: every column of ``calls``).
         """
+        names, sql, params = self._calls_sql(ko_id, version, function, site, since, until, columns)
+        chunks: list[list[Any]] = [[] for _ in names]
+        try:
+            with self.engine.connect() as conn:
+                cursor = conn.connection.dbapi_connection.cursor()
+                try:
+                    cursor.execute(sql, tuple(params))
+                    while part := cursor.fetchmany(READ_CHUNK_ROWS):
+                        for target, values in zip(chunks, zip(*part, strict=True), strict=True):
+                            target.extend(values)
+                finally:
+                    cursor.close()
+                conn.rollback()
+        except Exception as exc:
+            raise StoreError(f"capture store {self.url}: read failed: {_cause(exc)}") from exc
+        return pa.table(
+            {n: pa.array(v, type=_ARROW_TYPES.get(n, pa.string())) for n, v in zip(names, chunks, strict=True)}
+        )
+
+    def _calls_sql(
+        self,
+        ko_id: str | None,
+        version: str | None,
+        function: str | None,
+        site: str | None,
+        since: int | dt.datetime | dt.date | None,
+        until: int | dt.datetime | dt.date | None,
+        columns: Iterable[str] | None,
+    ) -> tuple[list[str], str, list[Any]]:
         names = list(columns) if columns is not None else list(COLUMNS)
         unknown = [n for n in names if n not in calls.c]
         if unknown:
@@ -282,23 +346,46 @@ class CaptureStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY ts_us, id"
-        chunks: list[list[Any]] = [[] for _ in names]
+        return names, sql, params
+
+    def iter_calls(
+        self,
+        *,
+        ko_id: str | None = None,
+        site: str | None = None,
+        since: int | dt.datetime | dt.date | None = None,
+        until: int | dt.datetime | dt.date | None = None,
+        columns: Iterable[str] | None = None,
+        chunk_rows: int = READ_CHUNK_ROWS,
+    ) -> Iterator[pa.Table]:
+        """Calls matching the filters, oldest first, as Tables of at most ``chunk_rows`` rows each.
+
+        Memory stays bounded by one chunk: PostgreSQL reads through a server-side cursor, SQLite
+        steps its cursor as rows are fetched.
+        """
+        names, sql, params = self._calls_sql(ko_id, None, None, site, since, until, columns)
         try:
             with self.engine.connect() as conn:
-                cursor = conn.connection.dbapi_connection.cursor()
+                raw = conn.connection.dbapi_connection
+                postgres = self.engine.dialect.name == "postgresql"
+                cursor = raw.cursor(name="kgrid_export") if postgres else raw.cursor()
                 try:
                     cursor.execute(sql, tuple(params))
-                    while part := cursor.fetchmany(READ_CHUNK_ROWS):
-                        for target, values in zip(chunks, zip(*part, strict=True), strict=True):
-                            target.extend(values)
+                    while part := cursor.fetchmany(chunk_rows):
+                        values = list(zip(*part, strict=True))
+                        yield pa.table(
+                            {
+                                n: pa.array(v, type=_ARROW_TYPES.get(n, pa.string()))
+                                for n, v in zip(names, values, strict=True)
+                            }
+                        )
                 finally:
                     cursor.close()
                 conn.rollback()
+        except StoreError:
+            raise
         except Exception as exc:
             raise StoreError(f"capture store {self.url}: read failed: {_cause(exc)}") from exc
-        return pa.table(
-            {n: pa.array(v, type=_ARROW_TYPES.get(n, pa.string())) for n, v in zip(names, chunks, strict=True)}
-        )
 
     def feedback_table(self, *, capture_ids: Iterable[str] | None = None) -> pa.Table:
         """Feedback rows (all, or those about the given calls), as a pyarrow Table."""
