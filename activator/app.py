@@ -32,6 +32,7 @@ from activator.refusals import RefusalAudit
 from activator.registry import Registry
 from activator.reloading import catch_up, reload
 from activator.routes import kgrid, oip, service
+from activator.routes.capture_admin import CaptureAdmin
 from activator.routes.publishing import Publishing
 from activator.routes.ui import Catalogue
 from activator.settings import Settings
@@ -138,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *_cds_routes(settings),
         *kgrid.routes,
         *publishing.routes,  # after GET /kos: a 405 on /kos then answers Allow: GET, HEAD as before
+        *CaptureAdmin(publishing.authorize).routes,  # admin role, the publishing routes' token store
         *oip.routes,
     ]
     app = Starlette(

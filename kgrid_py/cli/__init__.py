@@ -3,7 +3,8 @@
 - :mod:`~kgrid_py.cli.developer`: validate, test, info, list, run;
 - :mod:`~kgrid_py.cli.curator`: init, build, vectors, pack, keygen, token, sign, verify, publish, status;
 - :mod:`~kgrid_py.cli.population`: score;
-- :mod:`~kgrid_py.cli.monitoring`: outcomes import, monitor (exit 3 on an alert).
+- :mod:`~kgrid_py.cli.monitoring`: outcomes import, monitor (exit 3 on an alert);
+- :mod:`~kgrid_py.cli.learning`: capture export, capture prune.
 
 Exit codes: 0 success, 1 failure (invalid KO, failed vectors, bad input), 2 usage error.
 Errors are one line on stderr; ``--debug`` shows the traceback. Other packages add commands
@@ -19,6 +20,7 @@ import click
 from kgrid_py.cli import developer  # noqa: F401  (registers its commands on the group)
 from kgrid_py.cli.curator import COMMANDS
 from kgrid_py.cli.group import cli
+from kgrid_py.cli.learning import capture
 from kgrid_py.cli.monitoring import monitor_command, outcomes
 from kgrid_py.cli.population import score
 from kgrid_py.cli.recalibration import recalibrate
@@ -33,6 +35,7 @@ def _add_library_commands() -> None:
     cli.add_command(recalibrate, "recalibrate")
     cli.add_command(outcomes, "outcomes")
     cli.add_command(monitor_command, "monitor")
+    cli.add_command(capture, "capture")
 
 
 def _add_plugin_commands() -> None:
