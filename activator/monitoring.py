@@ -196,6 +196,6 @@ def calibration_png(performance: dict[str, Any]) -> bytes:
     ax.set_xlabel("predicted risk")
     ax.set_ylabel("observed risk")
     days = performance.get("horizon_days")
-    ax.set_title(f"{performance.get('horizon') or ''}{f' ({days} days)' if days else ''}", fontsize=10)
+    ax.set_title(f"{performance.get('horizon') or ''}{f' ({days:.0f} days)' if days else ''}", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
     return _png(fig)

@@ -254,7 +254,13 @@ def test_in_a_browser_axe_finds_nothing_the_plots_load_and_it_fits_a_phone(world
             assert loaded and all(loaded), loaded
             results = axe_module.Axe().run(page)
             assert results.response["violations"] == [], results.generate_report()
-            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            wide = page.evaluate(
+                "w => [...document.querySelectorAll('body *')]"
+                ".filter(e => e.getBoundingClientRect().right > w && !e.closest('.scroll'))"
+                ".map(e => e.tagName + '.' + e.className).slice(0, 8)",
+                width,
+            )
+            assert page.evaluate("document.documentElement.scrollWidth") <= width, wide
             assert errors == [], errors
         finally:
             context.close()

@@ -37,6 +37,7 @@ PAGES = [
     "/ui/kos/kfre/1.0.0/try/four-variable",
     "/ui/kos/demo-bmi/0.5.0",
     "/ui/curate",
+    "/ui/kos/kfre/1.0.0/monitor/four-variable",
     "/ui/no-such-page",
     "/ui/kos/nope/1.0.0",
 ]
@@ -64,6 +65,16 @@ def test_errors_are_html_pages_with_their_status(world, path: str, status: int) 
     response = client.get(path)
     assert response.status_code == status
     assert "<h1>" in response.text and 'role="alert"' in response.text
+
+
+def test_monitoring_without_capture_says_how_to_turn_it_on(world) -> None:
+    client, _, _ = world
+    response = client.get("/ui/kos/kfre/1.0.0/monitor/four-variable")
+    assert response.status_code == 200
+    assert 'id="capture-off"' in response.text and "kgrid serve SHELF --capture" in response.text
+    assert "<img" not in response.text and "Site " not in response.text
+    assert client.get("/ui/kos/kfre/1.0.0/monitor/four-variable/volume.png?site=x").status_code == 404
+    assert client.get("/ui/kos/demo-bmi/0.5.0/monitor/bmi").status_code == 200  # a retired version too
 
 
 def test_root_redirects_browsers_and_keeps_json_for_api_clients(world) -> None:
