@@ -120,16 +120,17 @@ def logistic_fit(
         grad = x.T @ (y - p)
         info = (x * (p * (1 - p))[:, None]).T @ x
         step = np.linalg.solve(info, grad)
-        size = 1.0
+        if np.max(np.abs(step)) < 1e-10:
+            break
+        # halve only on a real decrease, not on the rounding of a sum over many rows
+        size, floor = 1.0, current - 1e-10 * max(1.0, abs(current))
         while True:
             trial = beta + size * step
             value = loglik(trial)
-            if value >= current - 1e-12 or size < 1e-6:
+            if value >= floor or size < 1e-6:
                 break
             size /= 2
-        beta, previous, current = trial, current, value
-        if np.max(np.abs(size * step)) < 1e-10 or abs(current - previous) < 1e-13:
-            break
+        beta, current = trial, value
     p = expit(off + x @ beta)
     info = (x * (p * (1 - p))[:, None]).T @ x
     return beta, np.linalg.inv(info)
