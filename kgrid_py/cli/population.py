@@ -21,6 +21,9 @@ import click
 
 from kgrid_py import load
 from kgrid_py.errors import KgridError
+from kgrid_py.learning.capture import CaptureError
+from kgrid_py.learning.store import StoreError
+from kgrid_py.learning.subjects import SubjectSecretError
 from kgrid_py.population.scoring import (
     DEFAULT_BATCH_SIZE,
     INPUT_FORMATS,
@@ -98,6 +101,14 @@ def _stop_on_signals() -> Iterator[None]:
     default=None,
     help="Shelf folder (default: $KGRID_SHELF, else ./knowledge_objects).",
 )
+@click.option("--subject", metavar="COL", help="Patient-id column: recorded keyed (HMAC) with --capture, never output.")
+@click.option("--capture", "capture_url", help="Record one call per row (channel batch) in this capture store.")
+@click.option("--site", help="The site recorded with each call (required with --capture).")
+@click.option(
+    "--subject-secret-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The site's subject secret (default: $KGRID_SUBJECT_SECRET).",
+)
 @click.pass_context
 def score(
     ctx: click.Context,
@@ -113,6 +124,10 @@ def score(
     output_format: str | None,
     progress: bool | None,
     shelf: Path | None,
+    subject: str | None,
+    capture_url: str | None,
+    site: str | None,
+    subject_secret_file: Path | None,
 ) -> None:
     """Score every row of a file through ENDPOINT of the KO REF, streaming, into a new file.
 
@@ -124,7 +139,15 @@ def score(
     try:
         mapping = parse_pairs(maps, "--map")
         unit_map = parse_pairs(units, "--unit")
-        ko = load(ref, shelf=shelf)  # None: load's own default, which also takes a manifest URL
+        if capture_url is not None and not site:
+            raise click.UsageError("--capture needs --site (the site recorded with each call)", ctx)
+        if subject is not None and capture_url is None:
+            raise click.UsageError("--subject is only used with --capture (it is never written to the output)", ctx)
+        # sync: each batch's records commit (one transaction) before its rows are written out.
+        capture = {"capture": capture_url, "site": site, "capture_policy": "sync"} if capture_url else {}
+        if capture_url and subject is not None:
+            capture["subject_secret"] = subject_secret_file
+        ko = load(ref, shelf=shelf, **capture)  # None: load's own default, which also takes a manifest URL
         reporter = None
         if progress is not False:
             reporter = make_progress(
@@ -143,6 +166,7 @@ def score(
                 input_format=input_format,
                 output_format=output_format,
                 progress=reporter,
+                subject=subject,
             )
     except Interrupted as exc:
         click.echo(f"interrupted ({signal.Signals(exc.signum).name}): no output written", err=True)
@@ -151,7 +175,7 @@ def score(
         if debug:
             raise
         raise click.UsageError(str(exc), ctx) from None
-    except (KgridError, OSError) as exc:
+    except (KgridError, OSError, CaptureError, StoreError, SubjectSecretError) as exc:
         if debug:
             raise
         click.echo(f"error: {exc}", err=True)

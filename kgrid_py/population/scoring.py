@@ -261,9 +261,14 @@ class BatchScorer:
         units: Mapping[str, str] | None = None,
         keep: Sequence[str] = (),
         warnings_as_text: bool = False,
+        subject: str | None = None,
     ) -> None:
         self.ko = ko
         self.function = function
+        # subject: a patient-id column handed to the KO's recorder (keyed by capture), never output.
+        if subject is not None and subject not in schema.names:
+            raise MappingError(f"--subject column {subject!r} is not in the input (columns: {', '.join(schema.names)})")
+        self.subject = subject
         spec = ko.function(function)
         self.inputs: dict[str, FieldSpec] = {f.name: f for f in spec.inputs}
         self.outputs: list[OutputSpec] = list(spec.outputs)
@@ -286,7 +291,7 @@ class BatchScorer:
                     key = f"_{key}"
                 self.mapping[key] = name
                 self.defaults[key] = float(f.default) if f.type in ("number", "integer") else f.default
-        self.needed = list(dict.fromkeys([*self.keep, *self.column_for.values()]))
+        self.needed = list(dict.fromkeys([*self.keep, *self.column_for.values(), *([subject] if subject else [])]))
         self.input_schema = schema
         self.keep_types: dict[str, pa.DataType] = {}
         self.null_text: pa.Array | None = None
@@ -317,7 +322,8 @@ class BatchScorer:
         columns = {col: self._input_column(name, batch.column(col)) for name, col in self.column_for.items()}
         for key, value in self.defaults.items():
             columns[key] = np.full(batch.num_rows, value)
-        result = self.ko.call_batch(self.function, columns, mapping=self.mapping, units=self.units)
+        subjects = batch.column(self.subject).to_pylist() if self.subject else None
+        result = self.ko.call_batch(self.function, columns, mapping=self.mapping, units=self.units, subjects=subjects)
         errors = list(result.errors)
         if row_errors is not None:
             for row, message in enumerate(row_errors):
@@ -912,6 +918,7 @@ def score_file(
     output_format: str | None = None,
     progress: Progress | None = None,
     on_batch: Callable[[Tally], None] | None = None,
+    subject: str | None = None,
 ) -> ScoreSummary:
     """Score every row of ``input_path`` into ``output_path``; see the module docstring.
 
@@ -933,7 +940,14 @@ def score_file(
     run = _Run()
     try:
         scorer = BatchScorer(
-            ko, function, reader.schema, mapping=mapping, units=units, keep=keep, warnings_as_text=out_fmt == "csv"
+            ko,
+            function,
+            reader.schema,
+            mapping=mapping,
+            units=units,
+            keep=keep,
+            warnings_as_text=out_fmt == "csv",
+            subject=subject,
         )
         if out_fmt == "csv" and any(o.type == "tensor" for o in scorer.outputs):
             raise MappingError(f"{ko.ref} {function} has tensor outputs; write Parquet, not CSV")
