@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.special import expit
 
 from kgrid_py.errors import KgridError
 
@@ -211,7 +212,7 @@ def logistic_sums(
     else:
         eta = theta[0] + theta[1] * offset
         x = np.vstack([np.ones(len(offset)), offset])
-    p = 1.0 / (1.0 + np.exp(-eta))
+    p = expit(eta)  # no overflow warning for a diverging (separated) fit
     loglik = float(np.sum(y * eta - np.logaddexp(0.0, eta)))
     gradient = x @ (y - p)
     hessian = -(x * (p * (1.0 - p))) @ x.T
