@@ -60,6 +60,7 @@ __all__ = [
     "replay",
     "site_message",
     "verify_plan",
+    "walk",
 ]
 
 STEP_TOLERANCE = 1e-8
@@ -443,27 +444,43 @@ def next_plan(
     return sign(payload, private_key)
 
 
-def replay(
+def walk(
     plans: Sequence[dict[str, Any]], messages: Sequence[Sequence[dict[str, Any]]], trusted: dict[str, TrustedKey]
-) -> Final:
-    """Re-verify every round and recompute every plan's θ and the estimate from the stored messages.
+) -> tuple[tuple[str, list[float]] | Final, list[dict[str, Any]]]:
+    """Re-verify every round and recompute every plan's θ from the stored messages.
 
-    ``plans[i]`` is round i+1's verified payload, ``messages[i]`` its documents. Raises
-    :class:`FederationError` if a stored plan's θ or chain differs from the recomputation.
+    ``plans[i]`` is round i+1's verified payload, ``messages[i]`` its documents. Returns what comes
+    after the last round (the next phase and θ, or the final fit) and the lineage of each round.
+    Raises :class:`FederationError` if a stored plan's chain or θ differs from the recomputation,
+    and :class:`MissingMessages` while a site has not answered the last round.
     """
     sums, records = [], []
+    result: tuple[str, list[float]] | Final = ("newton", [])
     for i, plan in enumerate(plans):
         if plan["round"] != i + 1 or (i and plan["previous"] != digest(plans[i - 1])):
             raise FederationError(f"plan {i + 1} is not chained to plan {i}")
+        if i and {k: v for k, v in plan.items() if k not in _PER_ROUND} != {
+            k: v for k, v in plans[0].items() if k not in _PER_ROUND
+        }:
+            raise FederationError(f"plan {i + 1} changes the study's terms (KO, sites, method, minimums...)")
         total, lineage = combine(plan, messages[i], trusted)
         sums.append(total)
-        records.append(
-            {"round": plan["round"], "phase": plan["phase"], "theta": plan["theta"]["values"], "sites": lineage}
-        )
+        records.append({"round": plan["round"], "phase": plan["phase"], "theta": plan["theta"], "sites": lineage})
         result = advance(plans[: i + 1], sums)
         expected = None if i + 1 == len(plans) else (plans[i + 1]["phase"], plans[i + 1]["theta"]["values"])
         if expected is not None and (isinstance(result, Final) or tuple(result) != expected):
             raise FederationError(f"plan {i + 2}'s parameters are not what round {i + 1}'s messages give")
+    return result, records
+
+
+_PER_ROUND = ("round", "phase", "theta", "previous", "created")
+
+
+def replay(
+    plans: Sequence[dict[str, Any]], messages: Sequence[Sequence[dict[str, Any]]], trusted: dict[str, TrustedKey]
+) -> Final:
+    """The converged fit recomputed from the stored plans and messages, bit for bit (see :func:`walk`)."""
+    result, records = walk(plans, messages, trusted)
     if not isinstance(result, Final):
         raise FederationError(f"the study has not converged after round {len(plans)}")
     return Final(result.update, result.rounds, result.final_step, records)
