@@ -13,7 +13,7 @@ from kgrid_py.cli.group import shelf_option, shelf_or_default
 from kgrid_py.curation.signing import key_id, load_private_key, load_trust_dir
 from kgrid_py.learning import federation as fd
 from kgrid_py.learning.evidence import Columns, evidence_from_table, horizons_of, read_table
-from kgrid_py.learning.mailbox import SITE_NAME, Mailbox, coordinate
+from kgrid_py.learning.mailbox import SITE_NAME, Mailbox, add_site_token, coordinate
 from kgrid_py.learning.plans import FederationError, digest, dumps, read
 from kgrid_py.learning.recalibration import Evidence
 from kgrid_py.learning.site_summary import MONTH_DAYS
@@ -52,7 +52,8 @@ def _horizons(pairs: tuple[str, ...]) -> dict[str, float]:
 @click.option("--method", type=click.Choice(["intercept", "slope"]), required=True)
 @click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @click.option("--site", "sites", multiple=True, required=True, help="NAME=PUBLIC_KEY.pem, once per site.")
-@click.option("--mailbox", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--mailbox", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="New folder for the study; its name is the study id (served as /federation/<name>).")  # fmt: skip
 @click.option("--min-patients", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--min-events", type=click.IntRange(1), default=10, show_default=True)
 @click.option("--max-rounds", type=click.IntRange(1, 100), default=25, show_default=True)
@@ -84,6 +85,8 @@ def plan_command(
         keys[name] = _public_key(Path(path))
     private = load_private_key(key_path)
     box = Mailbox(mailbox)
+    if not SITE_NAME.match(mailbox.name):
+        raise click.BadParameter(f"{mailbox.name!r}: letters, digits, '.', '_' and '-' only", param_hint="--mailbox")
     if (mailbox / "plans").exists():
         raise FederationError(f"{mailbox} already holds a study; use a new folder")
     document = fd.new_plan(
@@ -97,10 +100,22 @@ def plan_command(
         minimum={"patients": min_patients, "events": min_events},
         max_rounds=max_rounds,
         grid_days=grid_days,
+        study=mailbox.name,
     )
     box.put_keys(private.public_key(), keys)
     path = box.put_plan(document)
     click.echo(f"study {document['payload']['study']}: round 1 plan for {parent.ref} {function} written to {path}")
+
+
+@federate.command("token")
+@click.option("--mailbox", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--site", "site", required=True)
+def token_command(mailbox: Path, site: str) -> None:
+    """Print a new HTTP-mailbox token for --site (only its sha256 is kept, in MAILBOX/site-tokens.json)."""
+    plan = Mailbox(mailbox).latest_plan()["payload"]
+    if site not in plan["sites"]:
+        raise FederationError(f"site {site!r} is not in this study (sites: {', '.join(plan['sites'])})")
+    click.echo(add_site_token(Mailbox(mailbox), site))
 
 
 def _site_evidence(

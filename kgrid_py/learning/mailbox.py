@@ -14,8 +14,12 @@ other state to lose. The same functions serve the HTTP mailbox (``activator/rout
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ from kgrid_py.curation.signing import TrustedKey, key_id
 from kgrid_py.learning import federation as fd
 from kgrid_py.learning.plans import FederationError, dumps, read
 
-__all__ = ["SITE_NAME", "Mailbox", "coordinate", "public_pem"]
+__all__ = ["SITE_NAME", "Mailbox", "add_site_token", "coordinate", "public_pem", "site_of_token"]
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_ROUNDS_ON_DISK = 100
@@ -144,3 +148,41 @@ def coordinate(
     document = fd.next_plan(plans[-1], result[0], result[1], private_key)
     mailbox.put_plan(document)
     return document
+
+
+# -- site tokens for the HTTP mailbox ----------------------------------------------------------------
+
+
+def add_site_token(mailbox: Mailbox, site: str) -> str:
+    """A new bearer token for ``site`` (printed once); only its sha256 is kept, in DIR/site-tokens.json.
+
+    A site token reads this study's plans and posts that one site's messages, nothing else: it is not
+    a publishing or admin token (those live in the activator's token store).
+    """
+
+    if not SITE_NAME.match(site):
+        raise FederationError(f"site name {site!r}: letters, digits, '.', '_' and '-' only (max 64)")
+    token = secrets.token_urlsafe(32)
+    path = mailbox.path / "site-tokens.json"
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries[site] = hashlib.sha256(token.encode()).hexdigest()
+    mailbox.path.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+    return token
+
+
+def site_of_token(mailbox: Mailbox, token: str | None) -> str | None:
+    """The site whose token this is (constant-time comparison over every entry), else None."""
+
+    path = mailbox.path / "site-tokens.json"
+    if not token or not path.exists():
+        return None
+    presented = hashlib.sha256(token.encode()).hexdigest()
+    found = None
+    for site, digest_ in json.loads(path.read_text()).items():
+        if hmac.compare_digest(presented, digest_):
+            found = site
+    return found
