@@ -33,6 +33,7 @@ from activator.registry import Registry
 from activator.reloading import catch_up, reload
 from activator.routes import kgrid, oip, service
 from activator.routes.capture_admin import CaptureAdmin
+from activator.routes.federation import Federation
 from activator.routes.publishing import Publishing
 from activator.routes.ui import Catalogue
 from activator.settings import Settings
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *publishing.routes,  # after GET /kos: a 405 on /kos then answers Allow: GET, HEAD as before
         *CaptureAdmin(publishing.authorize).routes,  # admin role, the publishing routes' token store
         *oip.routes,
+        *(Federation(settings.federation_dir).routes if settings.federation_dir else []),  # site mailboxes
     ]
     app = Starlette(
         routes=routes,

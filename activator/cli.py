@@ -155,6 +155,13 @@ __all__ = ["serve"]
     show_default=True,
     help="Store unavailable: refuse with 503, or answer and count the lost records in /metrics.",
 )
+@click.option(
+    "--federation",
+    "federation_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Serve the federated-recalibration mailboxes in DIR (/federation/...; kgrid federate).",
+)
 @click.option("--bench-echo", is_flag=True, hidden=True, help="Serve /_bench/echo for the HTTP benchmark.")
 def serve(
     shelf: Path,
@@ -188,6 +195,7 @@ def serve(
     site: str,
     subject_secret_file: Path | None,
     capture_policy: str,
+    federation_dir: Path | None,
     bench_echo: bool,
 ) -> None:
     """Serve every KO version on SHELF over HTTP (default: $KGRID_SHELF, else ./knowledge_objects).
@@ -237,6 +245,7 @@ def serve(
         site=site,
         subject_secret_file=subject_secret_file.resolve() if subject_secret_file else None,
         capture_policy=capture_policy,
+        federation_dir=federation_dir.resolve() if federation_dir else None,
         **_worker_state(workers, shelf_path.resolve()),
     )
     os.environ[ENV_VAR] = settings.to_env()  # worker processes read their settings from here

@@ -78,6 +78,8 @@ class Settings:
     site: str = "default"
     subject_secret_file: Path | None = None
     capture_policy: str = "fail-closed"
+    # Federated recalibration (activator/routes/federation.py): the folder of study mailboxes; None: off.
+    federation_dir: Path | None = None
 
     def to_env(self) -> str:
         data = dataclasses.asdict(self)
@@ -100,6 +102,7 @@ class Settings:
             "metrics_dir",
             "generation_file",
             "subject_secret_file",
+            "federation_dir",
         )
         for key in paths:
             if data.get(key) is not None:
