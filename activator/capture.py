@@ -79,12 +79,19 @@ def run_captured(ko: KnowledgeObject, function: Callable[..., Any], *args: Any) 
         _sink.reset(token)
 
 
+Build = Callable[[], list[CallRecord]]
+
+
 class CaptureWriter:
-    """One commit thread; ``await commit(records)`` returns once they are committed (or raises StoreError)."""
+    """One commit thread; ``await commit(build)`` returns once ``build()``'s records are committed.
+
+    ``build`` runs on the writer thread, so encoding records (JSON, HMAC, ids) costs the event
+    loop nothing; a build that raises fails only its own request (StoreError), never the group.
+    """
 
     def __init__(self, store: CaptureStore) -> None:
         self.store = store
-        self._queue: list[tuple[list[CallRecord], asyncio.Future[None], asyncio.AbstractEventLoop]] = []
+        self._queue: list[tuple[Build, int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
         self._queued = 0
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
@@ -93,16 +100,17 @@ class CaptureWriter:
         self._thread = threading.Thread(target=self._run, name="kgrid-capture-writer", daemon=True)
         self._thread.start()
 
-    async def commit(self, records: list[CallRecord]) -> None:
+    async def commit(self, build: Build, count: int) -> None:
+        """Queue ``build`` (about ``count`` records) and wait until its records are committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._closed:
                 raise StoreError("the capture writer is closed")
-            if self._queued + len(records) > MAX_QUEUED_RECORDS:
+            if self._queued + count > MAX_QUEUED_RECORDS:
                 raise StoreError(f"{self._queued} records already wait for the capture store")
-            self._queue.append((records, future, loop))
-            self._queued += len(records)
+            self._queue.append((build, count, future, loop))
+            self._queued += count
             self._ready.notify()
         try:
             await asyncio.wait_for(asyncio.shield(future), COMMIT_WAIT_S)
@@ -117,14 +125,22 @@ class CaptureWriter:
                 if not self._queue and self._closed:
                     return
                 group, self._queue, self._queued = self._queue, [], 0
-            records = [r for rs, _, _ in group for r in rs]
+            records: list[CallRecord] = []
+            built = []
+            for build, _, future, loop in group:
+                try:
+                    records.extend(build())
+                    built.append((future, loop))
+                except Exception as exc:  # this request's record cannot be made: it alone is refused
+                    log.exception("capture: a call's record could not be built")
+                    loop.call_soon_threadsafe(_settle, future, StoreError(f"its record could not be built: {exc}"))
             error: BaseException | None = None
             try:
                 self.store.write_calls(records)
                 self.commits += 1
             except Exception as exc:  # every waiter learns of it; none is told "committed"
                 error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
-            for _, future, loop in group:
+            for future, loop in built:
                 loop.call_soon_threadsafe(_settle, future, error)
 
     def close(self) -> None:
@@ -195,43 +211,49 @@ class Capture:
         inputs: Any = None,
         capture_id: str | None = None,
         not_answered: str | None = None,
-    ) -> list[str]:
-        """Commit the records of ``captured``'s events; the ids. Fail-closed: 503 if not committed.
+    ) -> None:
+        """Commit the records of ``captured``'s events (built on the writer thread). Fail-closed: 503.
 
         ``not_answered`` marks rows computed but withheld (an OIP batch refused whole for its other
         rows): they are stored as refused with that reason, so no one counts them as answered.
         """
-        records: list[CallRecord] = []
-        for i, event in enumerate(captured.events):
-            records.extend(
-                records_from_event(
-                    event,
-                    site=self.site,
-                    channel=channel,
-                    caller=caller,
-                    keyer=self.keyer,
-                    subject=subject,
-                    inputs=inputs if len(captured.events) == 1 else None,
-                    capture_id=capture_id if i == 0 else None,
+        site, keyer = self.site, self.keyer
+        events = captured.events
+
+        def build() -> list[CallRecord]:  # on the writer thread
+            records: list[CallRecord] = []
+            for i, event in enumerate(events):
+                records.extend(
+                    records_from_event(
+                        event,
+                        site=site,
+                        channel=channel,
+                        caller=caller,
+                        keyer=keyer,
+                        subject=subject,
+                        inputs=inputs if len(events) == 1 else None,
+                        capture_id=capture_id if i == 0 else None,
+                    )
                 )
-            )
-        if not_answered is not None:
-            for r in records:
-                if r.status == "ok":
-                    r.status, r.error = "refused", not_answered[:4000]
+            if not_answered is not None:
+                for r in records:
+                    if r.status == "ok":
+                        r.status, r.error = "refused", not_answered[:4000]
+            return records
+
+        count = sum(e.result.n_rows if e.batch and e.result is not None else 1 for e in events)  # type: ignore[union-attr]
         try:
-            await self.writer.commit(records)
+            await self.writer.commit(build, count)
         except StoreError as exc:
             if self.policy == "best-effort":
-                self.on_lost(len(records))
-                log.warning("capture: %d record(s) lost (best-effort): %s", len(records), exc)
-                return [r.id for r in records]
+                self.on_lost(count)
+                log.warning("capture: %d record(s) lost (best-effort): %s", count, exc)
+                return
             raise Problem(
                 503,
                 f"this answer cannot be given: its audit record was not stored (capture store: {exc})",
                 headers={"Retry-After": "5"},
             ) from None
-        return [r.id for r in records]
 
     async def record_feedback(self, entries: list[dict[str, Any]], *, caller: str, ko_id: str, function: str) -> None:
         """CDS feedback into the store's ``feedback`` table, each row linked to the call its card is.

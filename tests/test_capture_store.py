@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -38,7 +40,12 @@ def _record(ts_us: int, *, site: str = "north", ko: str = "kfre", status: str = 
 
 
 def test_ids_sort_by_time_and_are_unique() -> None:
-    ids = [new_id(1_700_000_000_000 + i // 50) for i in range(5000)]
+    # In a fresh process: ids are monotonic per process, so a capture writer of an earlier test
+    # (ids at the current time) would lift these past-time ids to its own millisecond.
+    code = (
+        "from kgrid_py.learning.ids import new_id; print(*[new_id(1_700_000_000_000 + i // 50) for i in range(5000)])"
+    )
+    ids = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(is_id(i) and len(i) == 26 for i in ids)
     assert id_time_ms(ids[0]) == 1_700_000_000_000

@@ -16,7 +16,9 @@ cost per call is the record's encoding, not a commit. Durability (``capture_poli
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,11 +32,11 @@ import numpy as np
 
 from kgrid_py.ko import CallEvent
 from kgrid_py.learning.ids import new_id
-from kgrid_py.learning.records import CallRecord
+from kgrid_py.learning.records import COLUMNS, CallRecord
 from kgrid_py.learning.store import CaptureStore, StoreError
 from kgrid_py.learning.subjects import SubjectKeyer, SubjectSecretError
 
-__all__ = ["POLICIES", "Capture", "CaptureError", "encode_json", "keyer_for", "records_from_event"]
+__all__ = ["POLICIES", "Capture", "CaptureError", "encode_json", "keyer_for", "records_from_event", "rows_from_event"]
 
 POLICIES = ("group", "sync")
 MAX_JSON_CHARS = 65_536  # a larger inputs/outputs document is stored as its digest and size
@@ -57,10 +59,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain).encode  # built once
+
+
 def encode_json(value: Any) -> str:
     """Compact JSON; NaN/inf as null, arrays beyond 64 values by shape; over 64 KiB by digest and size."""
+    if not value and isinstance(value, list):
+        return "[]"
     try:
-        text = json.dumps(value, separators=(",", ":"), allow_nan=False, default=_plain)
+        text = _encode(value)
     except ValueError:  # a NaN or infinity in a plain float: redo with them as null
         text = json.dumps(_finite(value), separators=(",", ":"), default=_plain)
     if len(text) > MAX_JSON_CHARS:
@@ -103,36 +110,57 @@ def records_from_event(
     subject = event.subject if subject is None else subject
     if event.batch:  # a library call_batch is channel "batch"; OIP keeps its own
         return _batch_records(event, site, "batch" if channel == "library" else channel, caller, keyer)
-    key = _key(keyer, subject)
+    return [CallRecord(*_row(event, site, channel, caller, keyer, subject, inputs, capture_id))]
+
+
+def _row(
+    event: CallEvent,
+    site: str,
+    channel: str,
+    caller: str,
+    keyer: SubjectKeyer | None,
+    subject: Any,
+    inputs: Any,
+    capture_id: str | None,
+) -> tuple[Any, ...]:
+    """One call's ``calls`` row, in :data:`COLUMNS` order (kept in step with CallRecord's fields)."""
     p = event.provenance
     result = event.result
-    outputs = warnings = None
+    outputs = None
+    warnings = "[]"
     if result is not None:
         outputs = encode_json(result.result)  # type: ignore[union-attr]
         warnings = encode_json(result.warnings)  # type: ignore[union-attr]
-    ms = event.started_ns // 1_000_000
-    return [
-        CallRecord(
-            id=capture_id or new_id(ms),
-            ts_us=event.started_ns // 1000,
-            site=site,
-            channel=channel,
-            caller=caller,
-            ko_id=p.ko_id,
-            version=p.version,
-            content_digest=p.content_digest,
-            model_digest=p.model_digest,
-            function=p.function,
-            inputs_received=encode_json(_received(event.inputs if inputs is None else inputs)),
-            inputs_used=encode_json(event.used) if event.used is not None else "null",
-            warnings=warnings or "[]",
-            status=event.status,
-            latency_us=event.latency_ns // 1000,
-            subject_key=key,
-            outputs=outputs,
-            error=event.error[:4000] if event.error else None,
-        )
-    ]
+    return (
+        capture_id or new_id(event.started_ns // 1_000_000),
+        event.started_ns // 1000,
+        site,
+        channel,
+        caller,
+        p.ko_id,
+        p.version,
+        p.content_digest,
+        p.model_digest,
+        p.function,
+        encode_json(_received(event.inputs if inputs is None else inputs)),
+        encode_json(event.used) if event.used is not None else "null",
+        warnings,
+        event.status,
+        event.latency_ns // 1000,
+        _key(keyer, subject),
+        outputs,
+        event.error[:4000] if event.error else None,
+    )
+
+
+def rows_from_event(
+    event: CallEvent, *, site: str, channel: str, caller: str, keyer: SubjectKeyer | None
+) -> list[tuple[Any, ...]]:
+    """The ``calls`` rows of one event, as tuples: the background writer's fast path."""
+    if event.batch:
+        records = _batch_records(event, site, "batch" if channel == "library" else channel, caller, keyer)
+        return [tuple(getattr(r, name) for name in COLUMNS) for r in records]
+    return [_row(event, site, channel, caller, keyer, event.subject, None, None)]
 
 
 def _key(keyer: SubjectKeyer | None, subject: Any) -> str | None:
@@ -225,7 +253,13 @@ def keyer_for(secret: str | bytes | os.PathLike[str] | None) -> SubjectKeyer | N
 
 
 class Capture:
-    """The library's recorder: ``ko.recorder = Capture(store, site=...)``; see the module docstring."""
+    """The library's recorder: ``ko.recorder = Capture(store, site=...)``; see the module docstring.
+
+    On the calling thread (policy ``group``) a call only checks its subject and appends the event
+    to a deque; the writer thread turns queued events into rows (JSON, HMAC, ids) and commits
+    them in one transaction per group. The inputs mapping and the result dict are copied
+    (shallowly) at the call, so a caller changing them afterwards does not change the record.
+    """
 
     def __init__(
         self,
@@ -249,9 +283,10 @@ class Capture:
         self.policy = capture_policy
         self.flush_interval_s = flush_interval_s
         self.committed = 0
-        self._pending: list[CallRecord] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._events: collections.deque[CallEvent] = collections.deque()
+        self._unwritten: list[tuple[Any, ...]] = []  # rows built but not committed (a failed commit)
+        self._write_lock = threading.Lock()  # one drain-and-commit at a time (writer or flush)
+        self._wake = threading.Event()
         self._failure: BaseException | None = None
         self._closed = False
         self._writer: threading.Thread | None = None
@@ -264,62 +299,97 @@ class Capture:
         return f"<Capture site={self.site!r} store={self.store.url} policy={self.policy}>"
 
     def __call__(self, event: CallEvent) -> None:
-        records = records_from_event(event, site=self.site, channel="library", caller=self.caller, keyer=self.keyer)
+        if self._failure is not None or self._closed:
+            self._raise_pending()
+        if event.subject is not None:
+            self._check_subjects(event)
         if self.policy == "sync":
+            rows = rows_from_event(event, site=self.site, channel="library", caller=self.caller, keyer=self.keyer)
             try:
-                self.store.write_calls(records)
+                self.store.write_rows(rows)
             except StoreError as exc:
                 raise CaptureError(f"the call's record was not kept: {exc}") from exc
-            self.committed += len(records)
+            self.committed += len(rows)
             return
-        with self._lock:
-            if self._closed:
-                raise CaptureError("capture is closed")
-            if self._failure is not None:
-                failure, self._failure = self._failure, None
-                raise CaptureError(f"capture failed to commit earlier records (kept, retrying): {failure}")
-            if len(self._pending) + len(records) > MAX_PENDING:
-                raise CaptureError(f"{len(self._pending)} records wait for the capture store; refusing more")
-            self._pending.extend(records)
-            if len(self._pending) >= GROUP_MAX:
-                self._wake.notify()
+        if len(self._events) >= MAX_PENDING:
+            raise CaptureError(f"{len(self._events)} calls wait for the capture store; refusing more")
+        if not event.batch:  # the caller owns these and may change them once call() returns
+            result = event.result
+            if result is not None:
+                result = dataclasses.replace(
+                    result, result=dict(result.result), warning_details=list(result.warning_details)
+                )  # type: ignore[arg-type]
+            inputs = dict(event.inputs) if isinstance(event.inputs, Mapping) else event.inputs
+            event = dataclasses.replace(event, inputs=inputs, result=result)
+        self._events.append(event)
+        if len(self._events) >= GROUP_MAX:
+            self._wake.set()
+
+    def _raise_pending(self) -> None:
+        if self._closed:
+            raise CaptureError("capture is closed")
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise CaptureError(f"capture failed to commit earlier records (kept, retrying): {failure}")
+
+    def _check_subjects(self, event: CallEvent) -> None:
+        """Refuse now what could not be keyed later: a subject without a secret, an unusable id."""
+        if self.keyer is None:
+            raise CaptureError("a subject was given but capture has no subject secret (--subject-secret-file)")
+        subjects = event.subject if event.batch else (event.subject,)
+        if event.batch and event.result is not None and len(subjects) != event.result.n_rows:  # type: ignore[union-attr]
+            raise CaptureError(f"{len(subjects)} subjects for {event.result.n_rows} rows")  # type: ignore[union-attr]
+        try:
+            for subject in subjects:
+                if subject is not None:
+                    SubjectKeyer.check(subject)
+        except SubjectSecretError as exc:
+            raise CaptureError(str(exc)) from None
 
     def _run(self) -> None:
-        while True:
-            with self._lock:
-                if not self._pending and not self._closed:
-                    self._wake.wait(self.flush_interval_s)
-                if self._closed and not self._pending:
-                    return
-                group, self._pending = self._pending, []
-            if group:
-                self._commit(group)
-                if self._failure is not None:
-                    self._wake_wait_after_failure()
+        while not self._closed:
+            self._wake.wait(self.flush_interval_s)
+            self._wake.clear()
+            if not self._drain() and not self._closed:
+                self._wake.wait(max(self.flush_interval_s, 0.5))  # the store failed: back off
 
-    def _wake_wait_after_failure(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._wake.wait(max(self.flush_interval_s, 0.5))
-
-    def _commit(self, group: list[CallRecord]) -> bool:
-        try:
-            self.store.write_calls(group)
-        except StoreError as exc:
-            with self._lock:
-                self._pending[:0] = group  # kept for the next try, oldest first
+    def _drain(self) -> bool:
+        """Build rows for every queued event and commit them with any kept from a failed commit."""
+        with self._write_lock:
+            events = self._events
+            count = len(events)
+            rows = self._unwritten
+            self._unwritten = []
+            for _ in range(count):
+                rows.extend(self._rows(events.popleft()))
+            if not rows:
+                return True
+            try:
+                self.store.write_rows(rows)
+            except StoreError as exc:
+                self._unwritten = rows  # kept for the next try, oldest first
                 self._failure = exc
-            return False
-        with self._lock:
-            self.committed += len(group)
-        return True
+                return False
+            self.committed += len(rows)
+            return True
+
+    def _rows(self, event: CallEvent) -> list[tuple[Any, ...]]:
+        try:
+            return rows_from_event(event, site=self.site, channel="library", caller=self.caller, keyer=self.keyer)
+        except Exception as exc:  # never drop a call: keep what it was, and why it could not be encoded
+            plain = dataclasses.replace(event, inputs=None, used=None, result=None, subject=None, batch=False)
+            plain = dataclasses.replace(plain, status="error", error=f"capture could not encode this call: {exc}")
+            return rows_from_event(plain, site=self.site, channel="library", caller=self.caller, keyer=None)
 
     def flush(self) -> None:
-        """Commit everything buffered now; raises :class:`CaptureError` when the store refuses."""
-        with self._lock:
-            group, self._pending = self._pending, []
-        if group and not self._commit(group):
-            raise CaptureError(f"capture store {self.store.url}: {len(group)} record(s) not committed")
+        """Commit every call made so far now; raises :class:`CaptureError` when the store refuses."""
+        if self.policy == "sync":
+            return
+        if not self._drain():  # the failure stays set: the next call is refused too
+            failure = self._failure
+            raise CaptureError(
+                f"capture store {self.store.url}: {len(self._unwritten)} record(s) not committed: {failure}"
+            )
 
     def close(self) -> None:
         """Flush, stop the writer, and close the store if this capture opened it."""
@@ -328,9 +398,8 @@ class Capture:
         try:
             self.flush()
         finally:
-            with self._lock:
-                self._closed = True
-                self._wake.notify_all()
+            self._closed = True
+            self._wake.set()
             if self._writer is not None:
                 self._writer.join(timeout=30)
             _open_captures.discard(self)

@@ -177,6 +177,11 @@ class CaptureStore:
         rows = [tuple(getattr(r, name) for name in COLUMNS) for r in records]
         self._write_raw(self._insert_calls_sql, rows)
 
+    def write_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """:meth:`write_calls` for rows already in ``COLUMNS`` order (the capture writer's fast path)."""
+        if rows:
+            self._write_raw(self._insert_calls_sql, list(rows))
+
     def write_feedback(
         self,
         capture_id: str,

@@ -7,7 +7,6 @@ call to what happened afterwards. The secret comes from a file (``--subject-secr
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 from pathlib import Path
@@ -62,8 +61,9 @@ class SubjectKeyer:
         """A file when given, else the environment variable, else None (subjects then refused)."""
         return cls.from_file(secret_file) if secret_file is not None else cls.from_env()
 
-    def key(self, patient_id: str) -> str:
-        """The subject key of ``patient_id`` (its text form, surrounding whitespace removed)."""
+    @staticmethod
+    def check(patient_id: str | int) -> str:
+        """The id's text form (whitespace removed); SubjectSecretError where it cannot be a patient id."""
         if isinstance(patient_id, bool) or not isinstance(patient_id, str | int):
             raise SubjectSecretError(f"a subject id must be text, got {type(patient_id).__name__}")
         text = str(patient_id).strip()
@@ -71,7 +71,11 @@ class SubjectKeyer:
             raise SubjectSecretError("a subject id is empty")
         if len(text) > MAX_SUBJECT_CHARS:
             raise SubjectSecretError(f"a subject id is over {MAX_SUBJECT_CHARS} characters")
-        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+        return text
+
+    def key(self, patient_id: str | int) -> str:
+        """The subject key of ``patient_id`` (its text form, surrounding whitespace removed)."""
+        return hmac.digest(self._secret, self.check(patient_id).encode(), "sha256").hex()
 
     def __repr__(self) -> str:
         return "<SubjectKeyer secret=***>"
