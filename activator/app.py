@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.types import Scope
 
+from activator.alerts import AlertGauge
 from activator.capture import Capture
 from activator.dispatch import Dispatcher
 from activator.http import State
@@ -34,6 +35,7 @@ from activator.reloading import catch_up, reload
 from activator.routes import kgrid, oip, service
 from activator.routes.capture_admin import CaptureAdmin
 from activator.routes.federation import Federation
+from activator.routes.outcomes import Outcomes
 from activator.routes.publishing import Publishing
 from activator.routes.ui import Catalogue
 from activator.settings import Settings
@@ -107,6 +109,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
     metrics_ = Metrics(settings.metrics_dir)
     publishing = Publishing(settings)
+    alerts = AlertGauge(metrics_.registry)  # kgrid_monitor_alert, refreshed by a periodic task
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -123,6 +126,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_load_then_watch, state)
+                tasks.start_soon(alerts.run, state)
                 yield {"activator": state}
                 tasks.cancel_scope.cancel()
         finally:
@@ -141,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *kgrid.routes,
         *publishing.routes,  # after GET /kos: a 405 on /kos then answers Allow: GET, HEAD as before
         *CaptureAdmin(publishing.authorize).routes,  # admin role, the publishing routes' token store
+        *Outcomes(publishing.authorize, alerts.request_refresh).routes,  # POST /outcomes, admin role
         *oip.routes,
         *(Federation(settings.federation_dir).routes if settings.federation_dir else []),  # site mailboxes
     ]

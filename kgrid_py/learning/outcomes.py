@@ -38,6 +38,7 @@ __all__ = [
     "fhir_bundle_rows",
     "import_rows",
     "read_outcome_file",
+    "rows_from_json",
     "rows_from_table",
 ]
 
@@ -178,6 +179,44 @@ def rows_from_table(table: pa.Table, columns: Mapping[str, str | None]) -> list[
     return out
 
 
+ROW_FIELDS = (
+    "patient_id",
+    "event",
+    "event_date",
+    "followup_date",
+    "competing_event",
+    "competing_date",
+    "value",
+    "value_date",
+)
+
+
+def rows_from_json(items: Any, max_rows: int = MAX_IMPORT_ROWS) -> list[OutcomeRow | tuple[int, str]]:
+    """Outcome rows from a JSON array of objects keyed by :data:`ROW_FIELDS` (``POST /outcomes``).
+
+    An item that is not an object, or names a field not in :data:`ROW_FIELDS`, becomes
+    ``(row number, reason)``: an unknown field is refused, never silently dropped.
+    """
+    if not isinstance(items, list):
+        raise OutcomeImportError("rows must be a JSON array of objects")
+    if len(items) > max_rows:
+        raise OutcomeImportError(f"{len(items)} rows; at most {max_rows} per request: split the import")
+    out: list[OutcomeRow | tuple[int, str]] = []
+    for number, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            out.append((number, "the row is not a JSON object"))
+            continue
+        unknown = sorted(str(k)[:40] for k in item if k not in ROW_FIELDS)
+        if unknown:
+            out.append((number, f"unknown field(s) {', '.join(unknown)}; use {', '.join(ROW_FIELDS)}"))
+            continue
+        if isinstance(item.get("patient_id"), (dict, list, bool)):
+            out.append((number, "patient_id must be a string or a number"))
+            continue
+        out.append(_make_row(number, item))
+    return out
+
+
 def _make_row(number: int, values: Mapping[str, Any]) -> OutcomeRow | tuple[int, str]:
     try:
         pid = values.get("patient_id")
@@ -245,8 +284,13 @@ def import_rows(
     outcome: str,
     keyer: SubjectKeyer,
     source: str,
+    all_or_nothing: bool = False,
 ) -> ImportReport:
-    """Key, check and store outcome rows in one transaction; returns what happened to each."""
+    """Key, check and store outcome rows in one transaction; returns what happened to each.
+
+    With ``all_or_nothing`` (``POST /outcomes``), one refused row means nothing is stored: the
+    report then lists the refusals and ``inserted`` is 0.
+    """
     report = ImportReport()
     good: list[tuple[OutcomeRow, str]] = []
     for item in rows:
@@ -302,13 +346,13 @@ def import_rows(
                             "imported_at_us": now,
                         }
                     )
-                inserted = _insert_new(conn, records)
+                inserted = 0 if all_or_nothing and report.refused else _insert_new(conn, records)
     except StoreError:
         raise
     except sa.exc.SQLAlchemyError as exc:
         raise StoreError(f"capture store {store.url}: outcome import failed: {exc.__class__.__name__}") from exc
     report.inserted = inserted
-    report.duplicates = len(records) - inserted
+    report.duplicates = 0 if all_or_nothing and report.refused else len(records) - inserted
     return report
 
 
