@@ -90,10 +90,11 @@ STATUS_CODES = ("ok", "refused", "error", "other")
 
 
 def _json_number(dialect: str, column: str, mark: str) -> str:
-    """SQL for one JSON member as a double, NULL unless it is a JSON number (or SQLite's true/false)."""
+    """SQL for one JSON member as a number (PostgreSQL: NULL unless it is a JSON number)."""
     if dialect == "postgresql":
         return f"CASE WHEN jsonb_typeof({column} -> {mark}) = 'number' THEN ({column} ->> {mark})::float8 END"
-    return f"CASE WHEN json_type({column}, {mark}) IN ('integer', 'real') THEN json_extract({column}, {mark}) END"
+    # SQLite: the member as stored (one JSON parse, not two); a stray text is dropped by _array.
+    return f"json_extract({column}, {mark})"
 
 
 def _json_text(dialect: str, column: str, mark: str) -> str:
@@ -139,7 +140,7 @@ def calls_numbers(
     inputs = [s for s in spec.development if s.name != "linear_predictor"] if spec else []
     for name in outputs:
         selects.append(_json_number(dialect, "o", mark))
-        params.extend([json_path(name)] * 2)
+        params.extend([json_path(name)] * (2 if dialect == "postgresql" else 1))
         names.append(f"out:{name}")
         types.append(pa.float64())
     for summary in inputs:
@@ -149,7 +150,7 @@ def calls_numbers(
             types.append(pa.string())
         else:
             selects.append(_json_number(dialect, "i", mark))
-            params.extend([json_path(summary.name)] * 2)
+            params.extend([json_path(summary.name)] * (2 if dialect == "postgresql" else 1))
             types.append(pa.float64())
         names.append(f"in:{summary.name}")
     cast = "::jsonb" if dialect == "postgresql" else ""
