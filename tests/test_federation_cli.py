@@ -103,13 +103,13 @@ def test_three_sites_converge_through_a_folder_mailbox_with_a_site_offline(netwo
     shelf = tmp_path / "shelf"
     shutil.copytree(root / "shelf", shelf)
     _plan(root, box, "slope")
-    rounds_offline = 0
+    rounds_offline, replies = 0, []
     for _ in range(12):
         plan = Mailbox(box).latest_plan()["payload"]
         for site in SITES:
             if site == "west" and plan["round"] == 2 and rounds_offline < 2:
                 continue  # west is offline for a while; the study waits for it
-            _answer(root, box, site)
+            replies.append(_answer(root, box, site))
         text = _combine(root, box, shelf)
         if "waiting for 1 site(s): west" in text:
             rounds_offline += 1
@@ -117,6 +117,7 @@ def test_three_sites_converge_through_a_folder_mailbox_with_a_site_offline(netwo
         if "converged" in text:
             break
     assert rounds_offline == 2 and "converged in" in text
+    assert sum("round 2 is already answered" in r for r in replies) == 4  # north and south polled twice more
     child = shelf / "kfre" / "1.1.0"
     invoke("validate", str(child))
     meta = json.loads((child / "metadata.json").read_text())

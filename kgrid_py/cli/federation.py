@@ -171,6 +171,9 @@ def site_command(
     else:
         document = read(Path(plan_source))
     plan = fd.verify_plan(document, load_trust_dir(trust))
+    if _already_answered(plan_source, remote, token, plan, site):
+        click.echo(f"site {site}: round {plan['round']} is already answered; waiting for the next plan")
+        return
     evidence, ko_digest = _site_evidence(plan, site, store, validation, shelf)
     message = fd.site_message(plan, evidence, site, load_private_key(key_path), ko_digest)
     tally = message["payload"]["counts"]
@@ -189,6 +192,18 @@ def site_command(
     click.echo(
         f"site {site}: round {plan['round']} answered ({tally['n']} patients, {tally['events']} events) -> {where}"
     )
+
+
+def _already_answered(source: str, remote: bool, token: str | None, plan: dict[str, Any], site: str) -> bool:
+    """A site polling again before the next plan sends nothing (a message is written once per round)."""
+    if remote:
+        from kgrid_py.learning.remote_mailbox import fetch_status
+
+        status = fetch_status(source, token)
+        return bool(status.get("round") == plan["round"] and site in status.get("answered", []))
+    if Path(source).is_dir():
+        return any(d["payload"]["site"] == site for d in Mailbox(Path(source)).messages(plan["round"]))
+    return False
 
 
 @federate.command("combine")

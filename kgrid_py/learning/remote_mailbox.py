@@ -14,7 +14,7 @@ import httpx
 
 from kgrid_py.learning.plans import MAX_DOCUMENT_BYTES, FederationError, dumps, parse
 
-__all__ = ["fetch_plan", "post_message"]
+__all__ = ["fetch_plan", "fetch_status", "post_message"]
 
 TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
@@ -61,4 +61,16 @@ def post_message(base: str, token: str | None, document: dict[str, Any]) -> dict
         raise FederationError(f"POST {url}: {type(exc).__name__}: {exc}") from None
     if response.status_code not in (200, 201):
         raise _refused(response, f"POST {url}")
+    return response.json()  # type: ignore[no-any-return]
+
+
+def fetch_status(base: str, token: str | None) -> dict[str, Any]:
+    """The study's round and which sites have answered it."""
+    url = base.rstrip("/") + "/status"
+    try:
+        response = httpx.get(url, headers=_headers(token), timeout=TIMEOUT)
+    except httpx.HTTPError as exc:
+        raise FederationError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+    if response.status_code != 200 or len(response.content) > MAX_DOCUMENT_BYTES:
+        raise _refused(response, f"GET {url}")
     return response.json()  # type: ignore[no-any-return]
