@@ -136,7 +136,10 @@ def _refusals() -> list[dict[str, Any]]:
         ("NIfTI off the MNI152 grid (origin moved 10 mm)", _nifti_gz(empty_mni, off_grid, False)),
         ("a plain string path", "/etc/passwd"),
         # Not a brain: classified "male, 0.9999" before kgrid_py.imaging checked brain likeness.
-        ("uniform noise (uint8, seeded)", _npy_gz(np.random.default_rng(0).integers(0, 256, (1, *GRID_SHAPE), np.uint8))),
+        (
+            "uniform noise (uint8, seeded)",
+            _npy_gz(np.random.default_rng(0).integers(0, 256, (1, *GRID_SHAPE), np.uint8)),
+        ),
     ]
     return [
         {"name": f"refused: {name}", "function": FUNCTION, "input": {"image": value}, "expect_error": ["image"]}
