@@ -70,7 +70,7 @@ def _wait(server: Server, done, timeout: float = 180.0) -> tuple[dict[tuple[str,
         series, refreshed = _gauge(server)
         if done(series, refreshed):
             return series, refreshed
-        assert time.monotonic() < deadline, f"the gauge never got there: {series}"
+        assert time.monotonic() < deadline, f"the gauge never got there: {series} {refreshed}"
         time.sleep(0.5)
 
 

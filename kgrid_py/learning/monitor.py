@@ -75,14 +75,9 @@ def outcomes_table(store: CaptureStore, outcome: str, site: str | None = None) -
     if site is not None:
         sql += f" AND site = {mark}"
         params.append(site)
-    chunks = _fetch_columns(store, sql, params, len(OUTCOME_COLUMNS), "reading outcomes")
-    types = {"event": pa.int8(), "competing_event": pa.int8(), "value": pa.float64()}
-    return pa.table(
-        {
-            n: pa.array(v, type=pa.int32() if n.endswith("_date") else types.get(n, pa.string()))
-            for n, v in zip(OUTCOME_COLUMNS, chunks, strict=True)
-        }
-    )
+    kinds = {"event": pa.int8(), "competing_event": pa.int8(), "value": pa.float64()}
+    types = [pa.int32() if n.endswith("_date") else kinds.get(n, pa.string()) for n in OUTCOME_COLUMNS]
+    return _fetch_table(store, sql, params, list(OUTCOME_COLUMNS), types, "reading outcomes")
 
 
 # ``status`` travels as its index in this tuple (a small integer, not a string per row).
@@ -167,7 +162,18 @@ def calls_numbers(
         f"outputs{cast} AS o, inputs_used{cast} AS i FROM calls WHERE {' AND '.join(where)}) AS c "
         "ORDER BY ts_us, id"
     )
-    columns = _fetch_columns(store, sql, params, len(names), "reading calls")
+    return _fetch_table(store, sql, params, names, types, "reading calls")
+
+
+def _fetch_table(
+    store: CaptureStore, sql: str, params: list[Any], names: list[str], types: list[pa.DataType], what: str
+) -> pa.Table:
+    """The result of ``sql`` as a table of ``names`` and ``types`` (read through the driver's cursor).
+
+    Not through a second SQLite library (ADBC): two SQLite copies in one process on one file
+    release each other's POSIX locks, which the SQLite authors list as a way to corrupt a database.
+    """
+    columns = _fetch_columns(store, sql, params, len(names), what)
     return pa.table({n: _array(v, t) for n, v, t in zip(names, columns, types, strict=True)})
 
 
@@ -434,7 +440,9 @@ def _link(calls: pa.Table, outputs: pa.Table, spec: OutcomeSpec, outcomes: pa.Ta
     first = table.group_by("subject_key").aggregate([("row", "min")]).rename_columns(["subject_key", "row"])
     index_calls = first.num_rows
     site_rows = outcomes.filter(pc.equal(outcomes.column("site"), site))
-    joined = first.join(site_rows, "subject_key", join_type="inner")
+    # Arrow's group-by and join are multi-threaded: their row order varies, so order by the call
+    # to make every sum (and so every reported digit) the same from run to run.
+    joined = first.join(site_rows, "subject_key", join_type="inner").sort_by("row")
     rows = joined.column("row").to_numpy()
     call_day = (calls.column("ts_us").to_numpy()[rows] // _DAY_US).astype(np.float64)
     event = pc.fill_null(joined.column("event"), 0).to_numpy(zero_copy_only=False) == 1
