@@ -17,7 +17,7 @@ from kgrid_py.columns import CallerTerms, resolve_columns
 from kgrid_py.digest import folder_identity, sha256_file
 from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, NotFound
 from kgrid_py.inputs import MODEL_WARNING_FIELD, FunctionPlan, InputWarning
-from kgrid_py.metadata import FunctionSpec, KOMetadata, OutputSpec
+from kgrid_py.metadata import FieldSpec, FunctionSpec, KOMetadata, OutputSpec
 from kgrid_py.plausibility import OutputChecks
 from kgrid_py.runtime import ModelSession, RuntimeSettings, get_session
 from kgrid_py.schema import validate_raw_metadata
@@ -268,7 +268,7 @@ class KnowledgeObject:
             latency = time.perf_counter_ns() - clock
             recorder(CallEvent(provenance, inputs, None, None, status, str(exc), started, latency, subject))
             raise
-        used = {p.name: _used_value(feeds[p.spec.graph_name]) for p in fn.plan.fields}
+        used = {p.name: _as_declared(p.spec, _used_value(feeds[p.spec.graph_name])) for p in fn.plan.fields}
         latency = time.perf_counter_ns() - clock
         recorder(CallEvent(fn.provenance, inputs, used, result, "ok", None, started, latency, subject))
         return result
@@ -329,6 +329,8 @@ class KnowledgeObject:
             recorder(event)
             raise
         latency = time.perf_counter_ns() - clock
+        specs = {p.name: p.spec for p in self._function(function).plan.fields}
+        used = {name: _as_declared_column(specs[name], column) for name, column in used.items()}
         recorder(CallEvent(result.provenance, fed, used, result, "ok", None, started, latency, subjects, valid, True))
         return result
 
@@ -432,6 +434,21 @@ def _check_graph(spec: FunctionSpec, session: ModelSession) -> None:
         raise InvalidKO(
             f"function {spec.name!r}: graph {spec.model} has no output(s) {missing} (it has {session.output_names})"
         )
+
+
+def _as_declared(spec: FieldSpec, value: Any) -> Any:
+    """A fed enum index as its declared label, so a capture record reads "male", not 1.0."""
+    if spec.type == "enum" and isinstance(value, float) and spec.enum and 0 <= value < len(spec.enum):
+        return spec.enum[int(value)]
+    return value
+
+
+def _as_declared_column(spec: FieldSpec, column: Any) -> Any:
+    """:func:`_as_declared` for a batch's fed column."""
+    if spec.type != "enum" or not spec.enum:
+        return column
+    labels = np.asarray(spec.enum, dtype=object)
+    return labels[np.asarray(column).reshape(-1).astype(np.int64)]
 
 
 def _used_value(array: np.ndarray) -> Any:

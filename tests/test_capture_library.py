@@ -46,6 +46,7 @@ def test_every_call_is_recorded_with_provenance(capture_url: str, policy: str) -
     assert json.loads(first["inputs_received"]) == KFRE
     used = json.loads(first["inputs_used"])
     assert used["egfr"] == 45.0 and used["age"] == 63.0
+    assert used["sex"] == KFRE["sex"] and used["region"] == "north_american"  # labels, not the graph's 0/1
     assert json.loads(first["outputs"]) == ok.result
     assert json.loads(first["warnings"]) == ok.warnings
     key = SubjectKeyer(SECRET).key("patient-123")
@@ -78,6 +79,7 @@ def test_batches_record_one_row_each(capture_url: str) -> None:  # noqa: F811
     assert [r["subject_key"] for r in rows] == [keyer.key(s) for s in "abc"]
     assert json.loads(rows[2]["outputs"])["risk_5y"] == pytest.approx(float(result["risk_5y"][2]))
     assert json.loads(rows[2]["inputs_used"])["egfr"] == 30.0
+    assert [json.loads(rows[i]["inputs_used"])["sex"] for i in (0, 2)] == ["female", "male"]  # labels, as call does
     assert rows[1]["error"] == result.errors[1] and rows[1]["outputs"] is None
 
 
