@@ -45,7 +45,10 @@ STATE_DIR = ".kgrid"
 """A shelf's own bookkeeping folder (never scanned: dot folders are skipped); curation writes it."""
 SERVABLE = ("active", "deprecated")
 RESERVED_IDS = frozenset(
-    {"admin", "cds-services", "docs", "endpoints", "health", "kos", "metrics", "ready", "static", "ui", "v2"}
+    {
+        *("admin", "capture", "cds-services", "docs", "endpoints", "federation", "health", "kos", "metrics"),
+        *("outcomes", "ready", "static", "ui", "v2"),
+    }
 )
 """KO ids refused at publication: the activator's own top-level routes (``/metrics``, ``/kos``, ...)
 would shadow or be shadowed by ``/{id}/{version}/{endpoint}``."""

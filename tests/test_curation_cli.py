@@ -17,6 +17,7 @@ from kgrid_py.shelf import RESERVED_IDS
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["validate", "test", "info", "list", "run", "build", "init", "pack", "keygen", "sign", "verify"]
 COMMANDS += ["publish", "status", "token", "vectors", "score"]
+COMMANDS += ["capture", "outcomes", "monitor", "recalibrate", "federate"]
 
 
 @pytest.fixture
@@ -107,6 +108,10 @@ def _failures(tmp: Path) -> dict[str, list[str]]:
     (keys / "k.key.pem").write_text("x")
     taken = tmp / "taken"
     taken.write_text("x")
+    not_db = tmp / "not.db"
+    not_db.write_text("this is a text file, not a SQLite database\n" * 8)
+    secret = tmp / "secret"
+    secret.write_text("s" * 40)
     shelf = str(REPO / "knowledge_objects")
     return {
         "validate": ["validate", str(empty)],
@@ -125,6 +130,14 @@ def _failures(tmp: Path) -> dict[str, list[str]]:
         "token": ["token", "--name", "x", "--role", "admin", "--output", str(taken)],
         "vectors": ["vectors", "regenerate", str(empty)],
         "score": ["score", "no-such-ko", "f", "--input", str(taken), "--output", str(tmp / "o.csv"), "--shelf", shelf],
+        "capture": ["capture", "prune", "--store", str(not_db), "--before", "2026-01-01"],
+        "outcomes": [
+            *["outcomes", "import", str(taken), "--store", str(tmp / "s.db"), "--site", "a", "--outcome", "x"],
+            *["--subject-col", "id", "--event-col", "e", "--subject-secret-file", str(secret)],
+        ],
+        "monitor": ["monitor", "no-such-ko", "f", "--store", str(tmp / "s.db"), "--json", str(tmp / "r.json")],
+        "recalibrate": ["recalibrate", "no-such-ko", "f", "--validation", str(taken), "--out", str(tmp / "out")],
+        "federate": ["federate", "combine", "--mailbox", str(empty), "--key", str(keys / "k.key.pem")],
     }
 
 
@@ -140,7 +153,7 @@ def test_exit_codes(runner: CliRunner, tmp_path: Path, name: str) -> None:
         return  # the activator's command: its failures are its own tests'
     result = runner.invoke(cli, _failures(tmp_path)[name])
     assert result.exit_code == 1, result.output
-    assert result.output.strip().splitlines()[-1].startswith("error: "), result.output
+    assert result.output.strip().splitlines()[-1].lower().startswith("error: "), result.output
     assert "Traceback" not in result.output
 
 

@@ -113,7 +113,7 @@ def test_a_failing_write_stops_the_run_and_leaves_no_file(
     assert len(calls) == 3  # nothing is written after the failure
     assert out.read_bytes() == b"old"
     assert sorted(p.name for p in work.iterdir()) == ["in.parquet", "out.parquet"]
-    assert not [t for t in threading.enumerate() if t.name.startswith("kgrid-")]
+    assert not [t for t in threading.enumerate() if t.name in ("kgrid-read-ahead", "kgrid-write-behind")]
 
 
 def test_a_failing_read_mid_stream_is_a_scoring_error(ko: KnowledgeObject, work: Path) -> None:
@@ -122,7 +122,7 @@ def test_a_failing_read_mid_stream_is_a_scoring_error(ko: KnowledgeObject, work:
     with pytest.raises(ScoringError, match="Expected 6 columns, got 2"):
         score_file(ko, "bmi", work / "in.csv", work / "out.parquet", batch_size=50)
     assert sorted(p.name for p in work.iterdir()) == ["in.csv"]
-    assert not [t for t in threading.enumerate() if t.name.startswith("kgrid-")]
+    assert not [t for t in threading.enumerate() if t.name in ("kgrid-read-ahead", "kgrid-write-behind")]
 
 
 # -- the two threads -------------------------------------------------------------------------
