@@ -43,7 +43,7 @@ postgres:
 test: $(VENV)/.installed-test java chromium postgres
 	$(BIN)/ruff check kgrid_py activator knowledge_objects tests benchmarks
 	$(BIN)/lint-imports
-	KGRID_NO_SKIP=1 $(BIN)/python -m pytest -q
+	KGRID_NO_SKIP=1 $(BIN)/python -m pytest -q --durations=20
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix kgrid_py activator knowledge_objects tests benchmarks
