@@ -35,7 +35,15 @@ from kgrid_py.learning.store import CaptureStore, StoreError, to_us
 from kgrid_py.learning.survival import time_to_event_metrics
 from kgrid_py.metadata import FunctionSpec, OutcomeSpec
 
-__all__ = ["MonitorError", "alerts_of", "monitor", "outcomes_table"]
+__all__ = [
+    "MonitorError",
+    "alerts_of",
+    "combined_outcomes",
+    "link_outcomes",
+    "monitor",
+    "outcomes_table",
+    "parse_json_column",
+]
 
 _DAY_US = 86_400_000_000
 OUTCOME_COLUMNS = (
@@ -210,7 +218,7 @@ def _prefixed(table: pa.Table, prefix: str) -> pa.Table:
     return pa.table({n.removeprefix(prefix): table.column(n) for n in chosen})
 
 
-def _parse_json(column: pa.ChunkedArray) -> pa.Table:
+def parse_json_column(column: pa.ChunkedArray) -> pa.Table:
     """A column of JSON-object text as a table, parsed in C++ (a null or 'null' row is an empty object)."""
     text = pc.if_else(pc.is_null(column), "{}", column)
     text = pc.if_else(pc.equal(text, "null"), "{}", text)
@@ -226,7 +234,7 @@ def _dates(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.fill_null(pc.cast(days, pa.float64()), np.nan).to_numpy(zero_copy_only=False)
 
 
-def _combined_outcomes(table: pa.Table) -> pa.Table:
+def combined_outcomes(table: pa.Table) -> pa.Table:
     """One row per (site, subject): event if any, earliest event date, latest follow-up, ..."""
     grouped = table.group_by(["site", "subject_key"]).aggregate(
         [
@@ -353,7 +361,7 @@ def monitor(
     }
     if calls.num_rows == 0:
         return report
-    outcome_rows = _combined_outcomes(outcomes_table(store, spec.name, site)) if spec else None
+    outcome_rows = combined_outcomes(outcomes_table(store, spec.name, site)) if spec else None
     sites = sorted(set(calls.column("site").to_pylist()))
     for name in sites:
         section = _site_section(calls.filter(pc.equal(calls.column("site"), name)), spec, outcome_rows, name)
@@ -398,7 +406,7 @@ def _site_section(calls: pa.Table, spec: OutcomeSpec | None, outcomes: pa.Table 
                     section["drift"].append(summary_drift(column.to_numpy(zero_copy_only=False), summary))
     if spec is None or outcomes is None or ok_calls.num_rows == 0:
         return section
-    linked = _link(ok_calls, outputs, spec, outcomes, site)
+    linked = link_outcomes(ok_calls, outputs, spec, outcomes, site)
     section["linked_subjects"] = linked["n"]
     section["index_calls"] = linked["index_calls"]
     if spec.kind == "continuous":
@@ -426,7 +434,9 @@ def _site_section(calls: pa.Table, spec: OutcomeSpec | None, outcomes: pa.Table 
     return section
 
 
-def _link(calls: pa.Table, outputs: pa.Table, spec: OutcomeSpec, outcomes: pa.Table, site: str) -> dict[str, Any]:
+def link_outcomes(
+    calls: pa.Table, outputs: pa.Table, spec: OutcomeSpec, outcomes: pa.Table, site: str
+) -> dict[str, Any]:
     """Index calls joined to their subject's combined outcome: times, causes and predictions as arrays."""
     keys = calls.column("subject_key")
     table = pa.table(

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.learning.monitor import _combined_outcomes, _link, _parse_json, outcomes_table
+from kgrid_py.learning.monitor import combined_outcomes, link_outcomes, outcomes_table, parse_json_column
 from kgrid_py.learning.recalibration import Evidence, Kind, RecalibrationError
 from kgrid_py.learning.store import CaptureStore
 
@@ -37,9 +37,9 @@ def evidence_from_store(
         raise RecalibrationError(f"{store!r} holds no call of {ko.ref} {function} at site {site!r}")
     ok = np.asarray(calls.column("status").to_numpy(zero_copy_only=False)) == "ok"
     ok_calls = calls.filter(pa.array(ok))
-    outputs = _parse_json(ok_calls.column("outputs"))
-    outcomes = _combined_outcomes(outcomes_table(store, spec.outcome.name, site))
-    linked = _link(ok_calls, outputs, spec.outcome, outcomes, site)
+    outputs = parse_json_column(ok_calls.column("outputs"))
+    outcomes = combined_outcomes(outcomes_table(store, spec.outcome.name, site))
+    linked = link_outcomes(ok_calls, outputs, spec.outcome, outcomes, site)
     n = len(linked["time"])
     if n == 0:
         raise RecalibrationError(f"site {site!r}: no call of {ko.ref} {function} is linked to an outcome")
