@@ -22,7 +22,7 @@ from activator.registry import Snapshot
 from kgrid_py.curation.lifecycle import LifecycleInfo
 from kgrid_py.errors import KgridError, NotFound
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.shelf import STATE_DIR, InvalidReference, Reference, ShelfEntry
+from kgrid_py.shelf import InvalidReference, Reference, ShelfEntry, lifecycle_record_path
 
 __all__ = [
     "call_address",
@@ -125,7 +125,7 @@ def deprecation_headers(shelf: Path, generation: int, ko_id: str, version: str) 
     adds the ``Link`` to the successor (as a call address, which the activator can resolve).
     """
     record: dict[str, Any] = {}
-    path = Path(shelf) / STATE_DIR / "lifecycle" / ko_id / f"{version}.json"
+    path = lifecycle_record_path(shelf, ko_id, version)
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(loaded, dict):

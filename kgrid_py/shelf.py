@@ -208,12 +208,17 @@ def _verify_parent(shelf: Path, ko: KnowledgeObject) -> None:
         raise IntegrityError(f"{ko.ref}: its parent {last.parent} on this shelf has changed since it was derived")
 
 
+def lifecycle_record_path(shelf: Path, ko_id: str, version: str) -> Path:
+    """Where :mod:`kgrid_py.curation.lifecycle` keeps a version's dates."""
+    return Path(shelf) / STATE_DIR / "lifecycle" / ko_id / f"{version}.json"
+
+
 def lifecycle_record(shelf: Path, ko_id: str, version: str) -> dict[str, Any]:
     """A version's dates (``deprecated_at``, ``sunset``, ``retired_at``); {} when none or unreadable.
 
     :mod:`kgrid_py.curation.lifecycle` writes them to ``<shelf>/.kgrid/lifecycle/<id>/<version>.json``.
     """
-    path = Path(shelf) / STATE_DIR / "lifecycle" / ko_id / f"{version}.json"
+    path = lifecycle_record_path(shelf, ko_id, version)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
