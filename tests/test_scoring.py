@@ -390,7 +390,11 @@ def test_memory_is_bounded_by_the_batch_not_the_file(ko: KnowledgeObject, work: 
     score_file(ko, "bmi", work / "in.parquet", work / "out.parquet", keep=["id"], batch_size=batch, on_batch=watch)
     assert [rows for rows, _, _ in seen] == list(range(batch, n + 1, batch))
     sizes = [size for _, size, _ in seen]
-    assert all(b > a for a, b in itertools.pairwise(sizes)), "each batch is counted once it is written"
+    # Batches are counted only once written, so the file never shrinks between reports; two
+    # batches finished between reports are both reported after the second write, so "grows" would
+    # be a race, not a property.
+    assert all(b >= a for a, b in itertools.pairwise(sizes)), "a batch was counted before it was written"
+    assert sizes[0] > 0 and sizes[-1] > sizes[0]
     peak = max(allocated for _, _, allocated in seen) - baseline
     assert peak < whole / 4, f"arrow held {peak:,} bytes at once; the whole input is {whole:,}"
 
