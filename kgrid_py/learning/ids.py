@@ -31,9 +31,16 @@ def _encode(value: int) -> str:
     return "".join([pairs[(value >> shift) & 1023] for shift in range(120, -1, -10)])
 
 
+# The text of the current millisecond (10 symbols) and of the random part without its last 10 bits
+# (14 symbols): within a millisecond only the last pair changes, except on a carry (1 in 1024).
+_ms_text = ""
+_high = -1
+_high_text = ""
+
+
 def new_id(now_ms: int | None = None) -> str:
     """A new id; strictly greater than the previous one from this process."""
-    global _last_ms, _last_random
+    global _last_ms, _last_random, _ms_text, _high, _high_text
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
     with _lock:
         if ms <= _last_ms:
@@ -45,9 +52,14 @@ def new_id(now_ms: int | None = None) -> str:
                 _last_random += 1
         else:
             _last_random = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments
+        if ms != _last_ms or not _ms_text:
+            _ms_text = _encode(ms << 80)[:10]
         _last_ms = ms
-        value = (ms << 80) | _last_random
-    return _encode(value)
+        random = _last_random
+        high = random >> 10
+        if high != _high:
+            _high, _high_text = high, _encode(random)[10:24]
+        return _ms_text + _high_text + _PAIRS[random & 1023]
 
 
 def is_id(text: str) -> bool:
