@@ -1,15 +1,18 @@
-"""HTTP load benchmark: a KO call against a bare JSON echo on the same activator stack.
+"""HTTP load benchmark: every call route style against a bare JSON echo on the same activator stack.
 
-Closed loop over loopback: C connections each send a request, wait for the answer, send the next.
-Reports requests/s and p50/p99 latency at concurrency 1 and 32 (the median of ``--rounds``
-rounds, which alternate between the endpoints) for a KFRE call (the demo BMI KO when
-knowledge_objects/kfre is absent) and for ``/_bench/echo``, which only parses and returns JSON.
-The client is a minimal raw HTTP/1.1 keep-alive client, so that on a small machine the numbers
-measure the server rather than a client library.
+One ``kgrid serve --bench-echo`` (``--workers N``) on loopback, driven by wrk (one thread, closed
+loop: C keep-alive connections each send a request, wait for the answer, send the next) at
+concurrency 1 and 32, for the same KFRE 4-variable call over the KGrid 1.x route, the KGrid 2.0
+route and the Open Inference Protocol, and for ``/_bench/echo``, which goes through the same
+middleware and strict JSON parsing and returns the parsed body. Rounds alternate between the
+targets (a noisy neighbour hits them alike) and the median round of each is reported. Raw ONNX
+Runtime time for one single-row call of the same graph is measured in the same run, so the
+"limit" (1 / (echo time + raw ORT time)) and each route's share of it come from one run.
 
-    .venv/bin/python benchmarks/http_load.py [--requests 5000] [--rounds 3] [--shelf knowledge_objects]
+    .venv/bin/python benchmarks/http_load.py [--duration 5] [--rounds 3] [--workers 1]
 
-The activator tests reuse :func:`closed_loop` for their load test.
+The activator tests reuse :func:`closed_loop` (a minimal raw HTTP/1.1 keep-alive client) for their
+load test.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import asyncio
 import json
 import os
 import platform
+import re
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -123,7 +129,7 @@ async def closed_loop(
     return Outcome(latencies, time.perf_counter() - began, failures)
 
 
-def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+def _wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
     import urllib.request
 
     deadline = time.monotonic() + timeout
@@ -139,76 +145,160 @@ def _wait_ready(port: int, process: subprocess.Popen, timeout: float = 60) -> No
     raise SystemExit("server not ready")
 
 
-def _demo_shelf() -> Path:
-    sys.path.insert(0, str(REPO / "tests" / "fixtures"))
-    from demo_ko import write_demo_ko
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
-    root = Path(tempfile.mkdtemp(prefix="kgrid-bench-"))
-    write_demo_ko(root)
-    return root
+
+OIP_INPUT = {
+    "inputs": [
+        {"name": "age", "shape": [1], "datatype": "FP64", "data": [63]},
+        {"name": "sex", "shape": [1], "datatype": "BYTES", "data": ["female"]},
+        {"name": "egfr", "shape": [1], "datatype": "FP64", "data": [45]},
+        {"name": "uacr", "shape": [1], "datatype": "FP64", "data": [30]},
+    ]
+}
+# (label, path, body): every target answers 200 with the same call's result (echo: the body).
+TARGETS = [
+    ("bare JSON echo (same stack)", "/_bench/echo", KFRE_INPUT),
+    ("KGrid 1.x `/kfre/1.0.0/four-variable`", "/kfre/1.0.0/four-variable", KFRE_INPUT),
+    ("KGrid 2.0 `/endpoints/kfre/four-variable`", "/endpoints/kfre/four-variable", KFRE_INPUT),
+    (
+        "OIP `/v2/models/kfre.four-variable/versions/1.0.0/infer`",
+        "/v2/models/kfre.four-variable/versions/1.0.0/infer",
+        OIP_INPUT,
+    ),
+]
+
+
+@dataclass(frozen=True)
+class WrkRun:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, body: bytes, connections: int, seconds: float, script_dir: Path) -> WrkRun:
+    """One wrk run (one thread) POSTing ``body`` as JSON; non-2xx answers and socket errors counted."""
+    lua = script_dir / f"post_{abs(hash(body))}.lua"
+    text = body.decode().replace("\\", "\\\\").replace("'", "\\'")
+    lua.write_text(f"wrk.method = 'POST'\nwrk.body = '{text}'\nwrk.headers['Content-Type'] = 'application/json'\n")
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(lua), url]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s*([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(q: str) -> float:
+        value, unit = re.search(rf"^\s*{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * _UNITS[unit]
+
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses:\s*(\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"Socket errors:.*?(\d+)", out))
+    return WrkRun(rps, pct("50"), pct("99"), errors)
+
+
+def raw_ort_seconds(onnx: Path) -> float:
+    """Seconds for one single-row ``InferenceSession.run`` of the graph (median of 5 x 2,000; one thread)."""
+    import statistics
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.array([1.0]) for i in session.get_inputs()}
+    feeds.update(age=np.array([63.0]), egfr=np.array([45.0]), uacr=np.array([30.0]), sex=np.array([0.0]))
+    for _ in range(500):
+        session.run(None, feeds)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(2_000):
+            session.run(None, feeds)
+        times.append((time.perf_counter() - started) / 2_000)
+    return statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=5000, help="requests per measurement (default 5000)")
-    parser.add_argument("--shelf", type=Path, default=REPO / "knowledge_objects")
-    parser.add_argument("--port", type=int, default=18765)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--inference-threads", type=int, default=4, help="passed to kgrid serve")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per target and concurrency")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median round is reported")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--workers", type=int, default=1, help="passed to kgrid serve")
+    parser.add_argument("--inference-threads", type=int, default=4, help="passed to kgrid serve")
+    parser.add_argument("--only", nargs="*", help="labels' first words to keep (echo is always measured)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-
-    if (args.shelf / "kfre" / "1.0.0" / "metadata.json").exists():
-        shelf, path, inputs, label = args.shelf, "/kfre/1.0.0/four-variable", KFRE_INPUT, "KFRE four-variable"
-    else:
-        shelf, path, inputs, label = _demo_shelf(), "/demo-bmi/1.0.0/bmi", DEMO_INPUT, "demo BMI (no kfre on shelf)"
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk, or ../shared/peers/setup_venvs.sh)")
+    shelf = REPO / "knowledge_objects"
+    port = _free_port()
+    targets = [t for t in TARGETS if t[1] == "/_bench/echo" or not args.only or t[0].split()[0] in args.only]
     command = [sys.executable, "-c", "from kgrid_py.cli import main; main()", "serve", str(shelf)]
-    command += ["--port", str(args.port), "--bench-echo", "--no-access-log", "--no-watch"]
-    command += ["--inference-threads", str(args.inference_threads)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command += ["--port", str(port), "--bench-echo", "--no-access-log", "--no-watch"]
+    command += ["--inference-threads", str(args.inference_threads), "--workers", str(args.workers)]
+    ort_s = raw_ort_seconds(shelf / "kfre" / "1.0.0" / "four_variable.onnx")
+    load_start = os.getloadavg()
+    scripts = Path(tempfile.mkdtemp(prefix="kgrid-http-load-"))
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs: dict[tuple[str, int], list[WrkRun]] = {}
     try:
-        _wait_ready(args.port, server)
-        body = json.dumps(inputs).encode()
-
-        async def measure() -> list[tuple[str, int, Outcome]]:
-            rows = []
-            for target in (path, "/_bench/echo"):  # warm up both
-                await closed_loop("127.0.0.1", args.port, target, body, total=500, concurrency=4)
+        _wait_ready(port, server)
+        base = f"http://127.0.0.1:{port}"
+        for _, path, body in targets:  # warm up every target (and, with workers, every worker)
+            wrk(base + path, json.dumps(body).encode(), 4, 1.0, scripts)
+        for _ in range(args.rounds):
             for concurrency in args.concurrency:
-                # Rounds alternate between the two endpoints, so a noisy neighbour hits both alike.
-                rounds: dict[str, list[Outcome]] = {label: [], "bare JSON echo": []}
-                for _ in range(args.rounds):
-                    for name, target in ((label, path), ("bare JSON echo", "/_bench/echo")):
-                        rounds[name].append(
-                            await closed_loop(
-                                "127.0.0.1", args.port, target, body, total=args.requests, concurrency=concurrency
-                            )
-                        )
-                for name, outcomes in rounds.items():
-                    outcomes.sort(key=lambda o: o.rate)
-                    rows.append((name, concurrency, outcomes[len(outcomes) // 2]))
-            return rows
-
-        rows = asyncio.run(measure())
+                for label, path, body in targets:
+                    run = wrk(base + path, json.dumps(body).encode(), concurrency, args.duration, scripts)
+                    runs.setdefault((label, concurrency), []).append(run)
     finally:
         server.terminate()
-        server.wait(timeout=10)
-
+        server.wait(timeout=15)
+    load_end = os.getloadavg()
+    median = {key: sorted(found, key=lambda r: r.rps)[len(found) // 2] for key, found in runs.items()}
+    echo = targets[0][0]
+    limit = {c: 1 / (1 / median[(echo, c)].rps + ort_s) for c in args.concurrency}
     print(
-        f"# {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, {path}, "
-        f"{args.inference_threads} inference thread(s), load average {os.getloadavg()[0]:.1f}"
+        f"# {time.strftime('%Y-%m-%d %H:%M')}, {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, {args.workers} worker(s), {args.inference_threads} inference thread(s); "
+        f"load average (1/5/15 min) at the start {'/'.join(f'{x:.1f}' for x in load_start)}, "
+        f"at the end {'/'.join(f'{x:.1f}' for x in load_end)}; raw ORT {ort_s * 1e6:.1f} µs a call; "
+        f"median of {args.rounds} rounds of {args.duration:g} s"
     )
-    print("| endpoint | concurrency | requests | failed | req/s | p50 ms | p99 ms |")
+    print("| endpoint | conc. | req/s | p50 ms | p99 ms | errors | share of limit |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, concurrency, o in rows:
-        print(
-            f"| {name} | {concurrency} | {len(o.latencies)} | {o.failures} | {o.rate:,.0f} | "
-            f"{o.percentile(0.5) * 1000:.2f} | {o.percentile(0.99) * 1000:.2f} |"
-        )
-    by = {(n == label, c): o for n, c, o in rows}
     for concurrency in args.concurrency:
-        ratio = by[(True, concurrency)].rate / by[(False, concurrency)].rate
-        print(f"KO/echo throughput at concurrency {concurrency}: {ratio:.2f}x")
+        for label, _, _ in targets:
+            r = median[(label, concurrency)]
+            share = "" if label == echo else f"{r.rps / limit[concurrency]:.2f}x"
+            print(
+                f"| {label} | {concurrency} | {r.rps:,.0f} | {r.p50_ms:.3f} | {r.p99_ms:.2f} | {r.errors} | {share} |"
+            )
+        print(f"| limit: 1 / (echo + raw ORT) | {concurrency} | {limit[concurrency]:,.0f} | | | | |")
+    if args.json:
+        figures = {
+            "raw_ort_s": ort_s,
+            "workers": args.workers,
+            "load_start": load_start,
+            "load_end": load_end,
+            "runs": [
+                {
+                    "target": label,
+                    "concurrency": c,
+                    "median": median[(label, c)].__dict__,
+                    "all": [r.__dict__ for r in rs],
+                }
+                for (label, c), rs in runs.items()
+            ],
+        }
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
