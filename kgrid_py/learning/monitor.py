@@ -481,6 +481,7 @@ def link_outcomes(
         "index_calls": index_calls,
         "time": time[usable] if spec.kind != "continuous" else time,
         "cause": cause[usable] if spec.kind != "continuous" else cause,
+        "call_day": call_day[usable] if spec.kind != "continuous" else call_day,
         "predicted": {k: (v[usable] if spec.kind != "continuous" else v) for k, v in predicted.items()},
         "value": value,
         "value_ok": value_ok,

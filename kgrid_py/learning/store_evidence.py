@@ -8,15 +8,41 @@ the KO returned at the time (the stored outputs), which are what its graph compu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
 
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.learning.monitor import combined_outcomes, link_outcomes, outcomes_table, parse_json_column
 from kgrid_py.learning.recalibration import Evidence, Kind, RecalibrationError
-from kgrid_py.learning.store import CaptureStore
+from kgrid_py.learning.store import CaptureStore, StoreError, store_url
 
-__all__ = ["evidence_from_store"]
+__all__ = ["NoLinkedCalls", "concat", "evidence_from_sites", "evidence_from_store", "open_existing"]
+
+
+class NoLinkedCalls(RecalibrationError):
+    """A site has no call of this KO version's function linked to an outcome."""
+
+
+def open_existing(url: str) -> CaptureStore:
+    """Open a capture store that must already exist: reading evidence never creates an empty SQLite file.
+
+    :meth:`CaptureStore.open` creates (and migrates) a missing store, which is right for writers; a
+    mistyped path given to a reader would otherwise leave a new empty database behind.
+    """
+    try:
+        full = store_url(url)
+        if full.startswith("sqlite"):
+            path = sa.engine.make_url(full).database
+            if not path or path == ":memory:" or not Path(path).is_file():
+                raise RecalibrationError(f"capture store {url!r}: no such SQLite file")
+        return CaptureStore.open(url)
+    except StoreError as exc:
+        raise RecalibrationError(str(exc)) from None
 
 
 def evidence_from_store(
@@ -34,7 +60,7 @@ def evidence_from_store(
         columns=["ts_us", "site", "subject_key", "outputs", "status"],
     )
     if calls.num_rows == 0:
-        raise RecalibrationError(f"{store!r} holds no call of {ko.ref} {function} at site {site!r}")
+        raise NoLinkedCalls(f"{store!r} holds no call of {ko.ref} {function} at site {site!r}")
     ok = np.asarray(calls.column("status").to_numpy(zero_copy_only=False)) == "ok"
     ok_calls = calls.filter(pa.array(ok))
     outputs = parse_json_column(ok_calls.column("outputs"))
@@ -42,7 +68,7 @@ def evidence_from_store(
     linked = link_outcomes(ok_calls, outputs, spec.outcome, outcomes, site)
     n = len(linked["time"])
     if n == 0:
-        raise RecalibrationError(f"site {site!r}: no call of {ko.ref} {function} is linked to an outcome")
+        raise NoLinkedCalls(f"site {site!r}: no call of {ko.ref} {function} is linked to an outcome")
     missing = [o for o in horizons if o not in linked["predicted"]]
     if missing:
         raise RecalibrationError(f"the stored calls have no output {missing}")
@@ -53,4 +79,59 @@ def evidence_from_store(
         np.asarray(linked["time"], dtype=np.float64),
         np.asarray(linked["cause"], dtype=np.int64),
         np.full(n, site),
+        np.asarray(linked["call_day"], dtype=np.float64),
     )
+
+
+def concat(parts: Sequence[Evidence]) -> Evidence:
+    """The rows of every part, in order (each keeps its site, so per-site summaries stay right)."""
+    first = parts[0]
+    if any(p.kind != first.kind or p.horizons != first.horizons for p in parts):
+        raise RecalibrationError("the parts are not for the same outcome kind and horizons")
+    days = [p.day for p in parts]
+    return Evidence(
+        first.kind,
+        dict(first.horizons),
+        {o: np.concatenate([p.predicted[o] for p in parts]) for o in first.horizons},
+        np.concatenate([p.time for p in parts]),
+        np.concatenate([p.cause for p in parts]),
+        np.concatenate([p.site for p in parts]),
+        None if any(d is None for d in days) else np.concatenate(days),  # type: ignore[arg-type]
+    )
+
+
+def store_sites(store: CaptureStore, ko: KnowledgeObject, function: str) -> list[str]:
+    """The sites (sorted) with at least one call of ``ko``'s version and ``function``."""
+    column = store.calls_table(ko_id=ko.id, version=ko.version, function=function, columns=["site"]).column("site")
+    return sorted(str(s) for s in pc.unique(column).to_pylist() if s is not None)
+
+
+def evidence_from_sites(
+    store: CaptureStore,
+    ko: KnowledgeObject,
+    function: str,
+    sites: Sequence[str],
+    kind: Kind,
+    horizons: dict[str, float],
+) -> Evidence:
+    """Every named site's evidence, combined in the order given; no ``sites``: each site with linked calls.
+
+    A named site without linked calls is an error (the curator asked for it); when the sites are
+    discovered, those without linked calls are skipped, and none at all is an error.
+    """
+    try:
+        if sites:
+            return concat([evidence_from_store(store, ko, function, s, kind, horizons) for s in dict.fromkeys(sites)])
+        found = store_sites(store, ko, function)
+        parts = []
+        for site in found:
+            try:
+                parts.append(evidence_from_store(store, ko, function, site, kind, horizons))
+            except NoLinkedCalls:
+                continue
+    except StoreError as exc:
+        raise RecalibrationError(str(exc)) from None
+    if not parts:
+        where = f"sites {found}" if found else "no site"
+        raise NoLinkedCalls(f"{store!r}: no call of {ko.ref} {function} is linked to an outcome ({where} with calls)")
+    return concat(parts)
