@@ -14,6 +14,7 @@ context variable set by :func:`run_captured` on the inference thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -27,9 +28,9 @@ from starlette.requests import Request
 
 from activator.problems import Problem
 from kgrid_py.ko import CallEvent, KnowledgeObject
-from kgrid_py.learning.capture import encode_json, records_from_event
+from kgrid_py.learning.capture import encode_json, rows_from_event
 from kgrid_py.learning.ids import id_from_uuid
-from kgrid_py.learning.records import CallRecord
+from kgrid_py.learning.records import COLUMNS
 from kgrid_py.learning.store import CaptureStore, StoreError
 from kgrid_py.learning.subjects import SubjectKeyer, SubjectSecretError
 
@@ -79,14 +80,18 @@ def run_captured(ko: KnowledgeObject, function: Callable[..., Any], *args: Any) 
         _sink.reset(token)
 
 
-Build = Callable[[], list[CallRecord]]
+Row = tuple[Any, ...]
+Build = Callable[[], list[Row]]
+_STATUS, _ERROR = COLUMNS.index("status"), COLUMNS.index("error")
 
 
 class CaptureWriter:
-    """One commit thread; ``await commit(build)`` returns once ``build()``'s records are committed.
+    """One commit thread; ``await commit(build)`` returns once ``build()``'s rows are committed.
 
     ``build`` runs on the writer thread, so encoding records (JSON, HMAC, ids) costs the event
     loop nothing; a build that raises fails only its own request (StoreError), never the group.
+    A group's waiters are woken with one callback per event loop, not one each: every
+    cross-thread wake-up is a write to the loop's self-pipe and a turn of the loop.
     """
 
     def __init__(self, store: CaptureStore) -> None:
@@ -101,7 +106,7 @@ class CaptureWriter:
         self._thread.start()
 
     async def commit(self, build: Build, count: int) -> None:
-        """Queue ``build`` (about ``count`` records) and wait until its records are committed."""
+        """Queue ``build`` (about ``count`` rows) and wait until its rows are committed."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         with self._lock:
@@ -112,8 +117,11 @@ class CaptureWriter:
             self._queue.append((build, count, future, loop))
             self._queued += count
             self._ready.notify()
+        # asyncio.timeout, not wait_for(shield(...)), which costs a task and a second future per
+        # request. A request that times out or is cancelled cancels its future; the writer skips it.
         try:
-            await asyncio.wait_for(asyncio.shield(future), COMMIT_WAIT_S)
+            async with asyncio.timeout(COMMIT_WAIT_S):
+                await future
         except TimeoutError:
             raise StoreError(f"the capture store did not commit within {COMMIT_WAIT_S:g} s") from None
 
@@ -125,23 +133,29 @@ class CaptureWriter:
                 if not self._queue and self._closed:
                     return
                 group, self._queue, self._queued = self._queue, [], 0
-            records: list[CallRecord] = []
+            rows: list[Row] = []
+            settle: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
             built = []
             for build, _, future, loop in group:
                 try:
-                    records.extend(build())
+                    rows.extend(build())
                     built.append((future, loop))
                 except Exception as exc:  # this request's record cannot be made: it alone is refused
                     log.exception("capture: a call's record could not be built")
-                    loop.call_soon_threadsafe(_settle, future, StoreError(f"its record could not be built: {exc}"))
-            error: BaseException | None = None
+                    error = StoreError(f"its record could not be built: {exc}")
+                    settle.setdefault(loop, []).append((future, error))
+            failure: BaseException | None = None
             try:
-                self.store.write_calls(records)
-                self.commits += 1
+                if rows:
+                    self.store.write_rows(rows)
+                    self.commits += 1
             except Exception as exc:  # every waiter learns of it; none is told "committed"
-                error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+                failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
             for future, loop in built:
-                loop.call_soon_threadsafe(_settle, future, error)
+                settle.setdefault(loop, []).append((future, failure))
+            for loop, outcomes in settle.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits there any more
+                    loop.call_soon_threadsafe(_settle, outcomes)
 
     def close(self) -> None:
         with self._lock:
@@ -151,13 +165,14 @@ class CaptureWriter:
         self.store.close()
 
 
-def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for future, error in outcomes:
+        if future.done():  # timed out or cancelled: its request has gone
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class Capture:
@@ -220,11 +235,11 @@ class Capture:
         site, keyer = self.site, self.keyer
         events = captured.events
 
-        def build() -> list[CallRecord]:  # on the writer thread
-            records: list[CallRecord] = []
+        def build() -> list[Row]:  # on the writer thread
+            rows: list[Row] = []
             for i, event in enumerate(events):
-                records.extend(
-                    records_from_event(
+                rows.extend(
+                    rows_from_event(
                         event,
                         site=site,
                         channel=channel,
@@ -236,10 +251,11 @@ class Capture:
                     )
                 )
             if not_answered is not None:
-                for r in records:
-                    if r.status == "ok":
-                        r.status, r.error = "refused", not_answered[:4000]
-            return records
+                reason = not_answered[:4000]
+                for n, row in enumerate(rows):
+                    if row[_STATUS] == "ok":
+                        rows[n] = (*row[:_STATUS], "refused", *row[_STATUS + 1 : _ERROR], reason, *row[_ERROR + 1 :])
+            return rows
 
         count = sum(e.result.n_rows if e.batch and e.result is not None else 1 for e in events)  # type: ignore[union-attr]
         try:

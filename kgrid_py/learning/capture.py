@@ -2,9 +2,9 @@
 
 :func:`records_from_event` is the one translation, used by the library recorder here, by
 ``kgrid score`` and by the activator (which adds its own channel, caller and subject).
-:class:`Capture` is the library's recorder (``kgrid_py.load(..., capture=...)``): it buffers
-records and a background thread commits everything buffered in one transaction, so the added
-cost per call is the record's encoding, not a commit. Durability (``capture_policy``):
+:class:`Capture` is the library's recorder (``kgrid_py.load(..., capture=...)``): a call only
+queues its event, and a background thread encodes everything queued and commits it in one
+transaction, so the caller pays neither the encoding nor a commit. Durability (``capture_policy``):
 
 * ``"group"`` (default): a call returns before its record is committed; the writer commits at
   least every ``flush_interval_s`` (50 ms) and on :meth:`Capture.flush`, :meth:`Capture.close`
@@ -26,13 +26,14 @@ import os
 import threading
 import weakref
 from collections.abc import Mapping
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import numpy as np
 
 from kgrid_py.ko import CallEvent
 from kgrid_py.learning.ids import new_id
-from kgrid_py.learning.records import COLUMNS, CallRecord
+from kgrid_py.learning.records import CallRecord
 from kgrid_py.learning.store import CaptureStore, StoreError
 from kgrid_py.learning.subjects import SubjectKeyer, SubjectSecretError
 
@@ -50,16 +51,30 @@ class CaptureError(RuntimeError):
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """What JSON cannot encode as it is: numpy scalars as their number, big arrays by shape, else text."""
     if isinstance(value, np.generic):
-        return _plain(value.item())
+        item = value.item()
+        return None if isinstance(item, float) and not math.isfinite(item) else item
     if isinstance(value, np.ndarray):
         return {"shape": list(value.shape), "dtype": str(value.dtype)} if value.size > 64 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return str(value)
 
 
-_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain).encode  # built once
+# The C encoder the json module builds on every dumps() call, built once: most of a small
+# document's encoding time is that set-up. No circular-reference markers (they would be shared
+# across threads): a self-referencing value ends in RecursionError, and the checked path below.
+_checked = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_plain).encode
+_fast = (
+    c_make_encoder(None, _plain, encode_basestring_ascii, None, ":", ",", False, False, False)
+    if c_make_encoder is not None
+    else None
+)
+
+
+def _compact(value: Any) -> str:
+    return "".join(_fast(value, 0)) if _fast is not None else _checked(value)
 
 
 def encode_json(value: Any) -> str:
@@ -67,8 +82,8 @@ def encode_json(value: Any) -> str:
     if not value and isinstance(value, list):
         return "[]"
     try:
-        text = _encode(value)
-    except ValueError:  # a NaN or infinity in a plain float: redo with them as null
+        text = _compact(value)
+    except (ValueError, RecursionError):  # a NaN or infinity (or a cycle): redo with them as null
         text = json.dumps(_finite(value), separators=(",", ":"), default=_plain)
     if len(text) > MAX_JSON_CHARS:
         digest = hashlib.sha256(text.encode()).hexdigest()
@@ -84,10 +99,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
-
-
-def _received(inputs: Any) -> Any:
-    return dict(inputs) if isinstance(inputs, Mapping) else inputs
 
 
 def records_from_event(
@@ -107,10 +118,44 @@ def records_from_event(
     and the body as sent); ``capture_id`` fixes the id (a CDS card's uuid). A subject with no
     keyer raises :class:`CaptureError`: an id is never stored raw.
     """
-    subject = event.subject if subject is None else subject
+    rows = rows_from_event(
+        event,
+        site=site,
+        channel=channel,
+        caller=caller,
+        keyer=keyer,
+        subject=subject,
+        inputs=inputs,
+        capture_id=capture_id,
+    )
+    return [CallRecord(*row) for row in rows]
+
+
+def rows_from_event(
+    event: CallEvent,
+    *,
+    site: str,
+    channel: str,
+    caller: str,
+    keyer: SubjectKeyer | None,
+    subject: Any = None,
+    inputs: Any = None,
+    capture_id: str | None = None,
+) -> list[tuple[Any, ...]]:
+    """:func:`records_from_event` as ``calls`` rows in :data:`COLUMNS` order: what the writers commit.
+
+    Tuples, not :class:`CallRecord`\\ s: a writer builds thousands a second, and the channel and
+    status come from this package's own constants.
+    """
     if event.batch:  # a library call_batch is channel "batch"; OIP keeps its own
-        return _batch_records(event, site, "batch" if channel == "library" else channel, caller, keyer)
-    return [CallRecord(*_row(event, site, channel, caller, keyer, subject, inputs, capture_id))]
+        return _batch_rows(event, site, "batch" if channel == "library" else channel, caller, keyer)
+    result = event.result
+    outputs = warnings = None
+    if result is not None:
+        outputs, warnings = result.result, result.warning_details  # type: ignore[union-attr]
+    received = event.inputs if inputs is None else inputs
+    subject = event.subject if subject is None else subject
+    return [_row(event, site, channel, caller, _key(keyer, subject), received, outputs, warnings, capture_id)]
 
 
 def _row(
@@ -118,19 +163,18 @@ def _row(
     site: str,
     channel: str,
     caller: str,
-    keyer: SubjectKeyer | None,
-    subject: Any,
-    inputs: Any,
+    subject_key: str | None,
+    received: Any,
+    outputs: Any,
+    warnings: Any,
     capture_id: str | None,
 ) -> tuple[Any, ...]:
-    """One call's ``calls`` row, in :data:`COLUMNS` order (kept in step with CallRecord's fields)."""
+    """One call's ``calls`` row, in :data:`COLUMNS` order (kept in step with CallRecord's fields).
+
+    ``outputs`` and ``warnings`` (InputWarnings) are the result's, or copies taken at the call.
+    """
     p = event.provenance
-    result = event.result
-    outputs = None
-    warnings = "[]"
-    if result is not None:
-        outputs = encode_json(result.result)  # type: ignore[union-attr]
-        warnings = encode_json(result.warnings)  # type: ignore[union-attr]
+    error = event.error
     return (
         capture_id or new_id(event.started_ns // 1_000_000),
         event.started_ns // 1000,
@@ -142,25 +186,15 @@ def _row(
         p.content_digest,
         p.model_digest,
         p.function,
-        encode_json(_received(event.inputs if inputs is None else inputs)),
+        encode_json(dict(received) if isinstance(received, Mapping) else received),
         encode_json(event.used) if event.used is not None else "null",
-        warnings,
+        encode_json([str(w) for w in warnings]) if warnings else "[]",
         event.status,
         event.latency_ns // 1000,
-        _key(keyer, subject),
-        outputs,
-        event.error[:4000] if event.error else None,
+        subject_key,
+        encode_json(outputs) if outputs is not None else None,
+        error[:4000] if error else None,
     )
-
-
-def rows_from_event(
-    event: CallEvent, *, site: str, channel: str, caller: str, keyer: SubjectKeyer | None
-) -> list[tuple[Any, ...]]:
-    """The ``calls`` rows of one event, as tuples: the background writer's fast path."""
-    if event.batch:
-        records = _batch_records(event, site, "batch" if channel == "library" else channel, caller, keyer)
-        return [tuple(getattr(r, name) for name in COLUMNS) for r in records]
-    return [_row(event, site, channel, caller, keyer, event.subject, None, None)]
 
 
 def _key(keyer: SubjectKeyer | None, subject: Any) -> str | None:
@@ -182,36 +216,19 @@ def _column_list(column: Any) -> list[Any]:
     return list(column)
 
 
-def _batch_records(
+def _batch_rows(
     event: CallEvent, site: str, channel: str, caller: str, keyer: SubjectKeyer | None
-) -> list[CallRecord]:
-    """One record per row; a refused table is one record with its error."""
+) -> list[tuple[Any, ...]]:
+    """One row per table row; a refused table is one row with its error."""
     p = event.provenance
     ms = event.started_ns // 1_000_000
-    common = {
-        "ts_us": event.started_ns // 1000,
-        "site": site,
-        "channel": channel,
-        "caller": caller,
-        "ko_id": p.ko_id,
-        "version": p.version,
-        "content_digest": p.content_digest,
-        "model_digest": p.model_digest,
-        "function": p.function,
-    }
+    ts_us = event.started_ns // 1000
+    head = (site, channel, caller, p.ko_id, p.version, p.content_digest, p.model_digest, p.function)
     result = event.result
     if result is None:  # the whole table was refused
+        error = (event.error or "")[:4000]
         return [
-            CallRecord(
-                id=new_id(ms),
-                inputs_received="null",
-                inputs_used="null",
-                warnings="[]",
-                status=event.status,
-                latency_us=event.latency_ns // 1000,
-                error=(event.error or "")[:4000],
-                **common,
-            )
+            (new_id(ms), ts_us, *head, "null", "null", "[]", event.status, event.latency_ns // 1000, None, None, error)
         ]
     n = result.n_rows  # type: ignore[union-attr]
     subjects = list(event.subject) if event.subject is not None else [None] * n
@@ -223,26 +240,27 @@ def _batch_records(
     used = {name: np.asarray(col).tolist() for name, col in (event.used or {}).items()}
     outputs = {name: _column_list(col) for name, col in result.columns.items()}  # type: ignore[union-attr]
     latency = event.latency_ns // 1000 // max(n, 1)  # the batch's time, shared by its rows
-    records = []
+    rows = []
     for row in range(n):
         ok = bool(valid[row])
         at = int(position[row])
         error = result.errors[row]  # type: ignore[union-attr]
-        records.append(
-            CallRecord(
-                id=new_id(ms),
-                inputs_received=encode_json({name: col[row] for name, col in received.items()}),
-                inputs_used=encode_json({name: col[at] for name, col in used.items()}) if ok else "null",
-                outputs=encode_json({name: col[row] for name, col in outputs.items()}) if ok else None,
-                warnings=encode_json(list(result.warnings[row])),  # type: ignore[union-attr]
-                status="ok" if error is None else "refused",
-                error=error[:4000] if error else None,
-                latency_us=latency,
-                subject_key=_key(keyer, subjects[row]),
-                **common,
+        rows.append(
+            (
+                new_id(ms),
+                ts_us,
+                *head,
+                encode_json({name: col[row] for name, col in received.items()}),
+                encode_json({name: col[at] for name, col in used.items()}) if ok else "null",
+                encode_json(list(result.warnings[row])),  # type: ignore[union-attr]
+                "ok" if error is None else "refused",
+                latency,
+                _key(keyer, subjects[row]),
+                encode_json({name: col[row] for name, col in outputs.items()}) if ok else None,
+                error[:4000] if error else None,
             )
         )
-    return records
+    return rows
 
 
 def keyer_for(secret: str | bytes | os.PathLike[str] | None) -> SubjectKeyer | None:
@@ -257,8 +275,9 @@ class Capture:
 
     On the calling thread (policy ``group``) a call only checks its subject and appends the event
     to a deque; the writer thread turns queued events into rows (JSON, HMAC, ids) and commits
-    them in one transaction per group. The inputs mapping and the result dict are copied
-    (shallowly) at the call, so a caller changing them afterwards does not change the record.
+    them in one transaction per group. The inputs mapping, the result dict and its warnings list
+    are copied (shallowly) at the call, so a caller changing them afterwards does not change the
+    record; nothing else is built on the caller's thread.
     """
 
     def __init__(
@@ -283,7 +302,7 @@ class Capture:
         self.policy = capture_policy
         self.flush_interval_s = flush_interval_s
         self.committed = 0
-        self._events: collections.deque[CallEvent] = collections.deque()
+        self._events: collections.deque[tuple[CallEvent, Any, Any, Any]] = collections.deque()
         self._unwritten: list[tuple[Any, ...]] = []  # rows built but not committed (a failed commit)
         self._write_lock = threading.Lock()  # one drain-and-commit at a time (writer or flush)
         self._wake = threading.Event()
@@ -313,15 +332,19 @@ class Capture:
             return
         if len(self._events) >= MAX_PENDING:
             raise CaptureError(f"{len(self._events)} calls wait for the capture store; refusing more")
-        if not event.batch:  # the caller owns these and may change them once call() returns
+        if event.batch:  # its columns were built for this call; the caller gets a BatchResult of its own
+            self._events.append((event, None, None, None))
+        else:  # the caller owns these and may change them once call() returns: copied, shallowly
+            inputs = event.inputs
+            if type(inputs) is not dict and isinstance(inputs, Mapping):
+                inputs = dict(inputs)
+            elif type(inputs) is dict:
+                inputs = inputs.copy()
             result = event.result
-            if result is not None:
-                result = dataclasses.replace(
-                    result, result=dict(result.result), warning_details=list(result.warning_details)
-                )  # type: ignore[arg-type]
-            inputs = dict(event.inputs) if isinstance(event.inputs, Mapping) else event.inputs
-            event = dataclasses.replace(event, inputs=inputs, result=result)
-        self._events.append(event)
+            if result is None:
+                self._events.append((event, inputs, None, None))
+            else:
+                self._events.append((event, inputs, result.result.copy(), result.warning_details.copy()))  # type: ignore[union-attr]
         if len(self._events) >= GROUP_MAX:
             self._wake.set()
 
@@ -336,10 +359,13 @@ class Capture:
         """Refuse now what could not be keyed later: a subject without a secret, an unusable id."""
         if self.keyer is None:
             raise CaptureError("a subject was given but capture has no subject secret (--subject-secret-file)")
-        subjects = event.subject if event.batch else (event.subject,)
-        if event.batch and event.result is not None and len(subjects) != event.result.n_rows:  # type: ignore[union-attr]
-            raise CaptureError(f"{len(subjects)} subjects for {event.result.n_rows} rows")  # type: ignore[union-attr]
         try:
+            if not event.batch:
+                SubjectKeyer.check(event.subject)
+                return
+            subjects = event.subject
+            if event.result is not None and len(subjects) != event.result.n_rows:  # type: ignore[union-attr]
+                raise CaptureError(f"{len(subjects)} subjects for {event.result.n_rows} rows")  # type: ignore[union-attr]
             for subject in subjects:
                 if subject is not None:
                     SubjectKeyer.check(subject)
@@ -354,14 +380,14 @@ class Capture:
                 self._wake.wait(max(self.flush_interval_s, 0.5))  # the store failed: back off
 
     def _drain(self) -> bool:
-        """Build rows for every queued event and commit them with any kept from a failed commit."""
+        """Build rows for every queued call and commit them with any kept from a failed commit."""
         with self._write_lock:
             events = self._events
             count = len(events)
             rows = self._unwritten
             self._unwritten = []
             for _ in range(count):
-                rows.extend(self._rows(events.popleft()))
+                rows.extend(self._rows(*events.popleft()))
             if not rows:
                 return True
             try:
@@ -373,13 +399,18 @@ class Capture:
             self.committed += len(rows)
             return True
 
-    def _rows(self, event: CallEvent) -> list[tuple[Any, ...]]:
+    def _rows(self, event: CallEvent, inputs: Any, outputs: Any, warnings: Any) -> list[tuple[Any, ...]]:
+        """A queued call's rows; ``inputs``/``outputs``/``warnings`` are the copies taken at the call."""
+        site, caller = self.site, self.caller
         try:
-            return rows_from_event(event, site=self.site, channel="library", caller=self.caller, keyer=self.keyer)
+            if event.batch:
+                return rows_from_event(event, site=site, channel="library", caller=caller, keyer=self.keyer)
+            key = _key(self.keyer, event.subject)
+            return [_row(event, site, "library", caller, key, inputs, outputs, warnings, None)]
         except Exception as exc:  # never drop a call: keep what it was, and why it could not be encoded
             plain = dataclasses.replace(event, inputs=None, used=None, result=None, subject=None, batch=False)
             plain = dataclasses.replace(plain, status="error", error=f"capture could not encode this call: {exc}")
-            return rows_from_event(plain, site=self.site, channel="library", caller=self.caller, keyer=None)
+            return rows_from_event(plain, site=site, channel="library", caller=caller, keyer=None)
 
     def flush(self) -> None:
         """Commit every call made so far now; raises :class:`CaptureError` when the store refuses."""
