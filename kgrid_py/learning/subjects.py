@@ -64,9 +64,12 @@ class SubjectKeyer:
     @staticmethod
     def check(patient_id: str | int) -> str:
         """The id's text form (whitespace removed); SubjectSecretError where it cannot be a patient id."""
-        if isinstance(patient_id, bool) or not isinstance(patient_id, str | int):
+        if type(patient_id) is str:  # the usual case, first: every captured call with a subject comes here twice
+            text = patient_id.strip()
+        elif isinstance(patient_id, bool) or not isinstance(patient_id, str | int):
             raise SubjectSecretError(f"a subject id must be text, got {type(patient_id).__name__}")
-        text = str(patient_id).strip()
+        else:
+            text = str(patient_id).strip()
         if not text:
             raise SubjectSecretError("a subject id is empty")
         if len(text) > MAX_SUBJECT_CHARS:
