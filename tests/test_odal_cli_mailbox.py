@@ -157,6 +157,8 @@ def test_one_shot_refusals(network: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "k" / "plans").exists()
     stranger = plan(root, tmp_path / "s", "--lead", "nobody", "--validation", str(root / "lead.csv"))
     assert stranger.exit_code == 2 and "is not one of the --site names" in stranger.output
+    typo = plan(root, tmp_path / "t", "--lead", "lead", "--store", str(tmp_path / "typo.db"))
+    assert typo.exit_code == 1 and "no such SQLite file" in typo.output and not (tmp_path / "typo.db").exists()
     orphan = plan(root, tmp_path / "o", "--validation", str(root / "lead.csv"))
     assert orphan.exit_code == 2 and "give --lead SITE" in orphan.output
 

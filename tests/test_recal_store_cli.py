@@ -105,6 +105,18 @@ def test_store_gives_the_file_estimates_and_a_valid_version(site: Path, tmp_path
     assert store_record["data_digest"] == data_digest(evidence)
     assert evidence.n == 2400
 
+    # The README's one-site walkthrough ends here: pack, sign, publish, deprecate the parent.
+    keys, archive, target = tmp_path / "keys", tmp_path / "kfre-1.1.0.zip", tmp_path / "published"
+    invoke("keygen", "--dir", str(keys), "--name", "curator")
+    (tmp_path / "trust").mkdir()
+    shutil.copy(keys / "curator.pub.pem", tmp_path / "trust")
+    invoke("pack", str(from_store), "--output", str(archive))
+    invoke("sign", str(archive), "--key", str(keys / "curator.key.pem"))
+    shutil.copytree(site / "shelf" / "kfre" / "1.0.0", target / "kfre" / "1.0.0")
+    invoke("publish", str(archive), "--to", str(target), "--require-signature", "--trust", str(tmp_path / "trust"))
+    invoke("status", "kfre@1.0.0", "--set", "deprecated", "--successor", "kfre@1.1.0", "--shelf", str(target))
+    assert kgrid_py.load("kfre@1", shelf=target).version == "1.1.0"
+
 
 def test_named_sites_are_combined_with_their_site_column(site: Path, tmp_path: Path) -> None:
     out = tmp_path / "only-b"

@@ -167,10 +167,9 @@ def _evidence(
     if (store is None) == (validation is None):
         raise click.UsageError("give exactly one of --store URL and --validation FILE")
     if store is not None:
-        from kgrid_py.learning.store import CaptureStore
-        from kgrid_py.learning.store_evidence import evidence_from_store
+        from kgrid_py.learning.store_evidence import evidence_from_store, open_existing
 
-        with CaptureStore.open(store) as opened:
+        with open_existing(store) as opened:
             return evidence_from_store(opened, ko, function, site, kind, horizons)
     assert validation is not None
     evidence, _ = evidence_from_table(ko, function, read_table(validation), kind, horizons, Columns(), site)

@@ -7,9 +7,12 @@ log-likelihood
     L̃(θ) = L_1(θ) + ⟨∇L_N(θ̄) − ∇L_1(θ̄), θ⟩ + ½ (θ − θ̄)ᵀ [∇²L_N(θ̄) − ∇²L_1(θ̄)] (θ − θ̄)
 
 (L_1 the lead's mean log-likelihood, L_N the network's, from the summed messages; ``pda``'s ODAL).
-It is not the pooled estimate: the gap is measured in ``tests/test_federation.py`` and stated in the
-README (relative gaps of ~1e-3 on the seeded cohort; Duan et al. report < 0.1 % bias in
-simulation). Iterated Newton rounds (:mod:`kgrid_py.learning.federation`) are exact; prefer them.
+It is not the pooled estimate: the gap is measured in ``tests/test_federation.py`` (arrays) and
+``tests/test_odal_cli_mailbox.py`` (``kgrid federate plan --lead`` / ``kgrid federate odal`` through
+the mailbox) and stated in the README (within 2 % and a quarter of a standard error on the seeded
+cohorts; Duan et al. report < 0.1 % bias in simulation). Iterated Newton rounds
+(:mod:`kgrid_py.learning.federation`) are exact; prefer them. Logistic only: the Cox analogue
+(ODAC) needs risk-set sums the mailbox messages do not carry.
 """
 
 from __future__ import annotations
