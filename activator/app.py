@@ -139,6 +139,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # The call routes first: they are the hot path, and every route tried before costs a regex
         # match. The KGrid 1.x route yields to every other route's first segment (kos, v2, ...).
         *kgrid.call_routes(),
+        *oip.call_routes,  # OIP infer: the other hot path (its first segment, v2, is reserved from KORoute)
         *Catalogue(settings, publishing).routes,  # before the service's JSON `/`: browsers get /ui/
         *service.routes(settings),
         *_cds_routes(settings),

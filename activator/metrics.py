@@ -79,6 +79,13 @@ class Metrics:
             buckets=_BUCKETS,
             registry=self.registry,
         )
+        # Where single calls ran (activator.dispatch decides from each function's measured cost).
+        self.dispatched = Counter(
+            "kgrid_ko_dispatched",
+            "Single KO calls by where they ran: inline on the event loop, or in the inference pool",
+            ["ko", "version", "endpoint", "where"],
+            registry=self.registry,
+        )
         self.items = Counter(
             "kgrid_ko_items",
             "Inputs scored (a batch counts each item)",
@@ -103,10 +110,20 @@ class Metrics:
             "Call records not stored (capture policy best-effort, store unavailable)",
             registry=self.registry,
         )
-        self._call_children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
+        self._call_children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any, Any]] = {}
         self._http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
-    def observe_call(self, ko: str, version: str, endpoint: str, seconds: float, items: int, status: int) -> None:
+    def observe_call(
+        self,
+        ko: str,
+        version: str,
+        endpoint: str,
+        seconds: float,
+        items: int,
+        status: int,
+        inline: bool | None = None,
+    ) -> None:
+        """One call (or batch) answered; ``inline`` says where a single call ran (None: not dispatched)."""
         key = (ko, version, endpoint)
         children = self._call_children.get(key)
         if children is None:  # label lookups take a lock each: do them once per KO endpoint
@@ -114,11 +131,15 @@ class Metrics:
                 self.calls.labels(*key),
                 self.items.labels(*key),
                 self.latency.labels(*key),
+                self.dispatched.labels(*key, "inline"),
+                self.dispatched.labels(*key, "pool"),
             )
-        calls, scored, latency = children
+        calls, scored, latency, on_loop, in_pool = children
         calls.inc()
         scored.inc(items)
         latency.observe(seconds)
+        if inline is not None:
+            (on_loop if inline else in_pool).inc()
         if status >= 400:
             self.errors.labels(ko, version, endpoint, str(status)).inc()
 

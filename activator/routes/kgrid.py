@@ -83,6 +83,16 @@ def _run_batch(ko: KnowledgeObject, endpoint: str, items: list[Any]) -> list[Cal
     return outcomes
 
 
+# A body larger than this runs in the pool whatever its function's measured cost: the cost of a
+# call may grow with its input (a tensor, a file), and one large call inline would stall the loop.
+INLINE_MAX_BODY = 65_536
+
+
+def _small(request: Request) -> bool:
+    declared = request.headers.get("content-length")
+    return declared is not None and declared.isdigit() and int(declared) <= INLINE_MAX_BODY
+
+
 _RAW_MEDIA = frozenset({"application/octet-stream", "application/gzip", "application/x-gzip"})
 
 
@@ -141,6 +151,7 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
             raise Problem(400, "X-Subject-Id names one patient; send a batch's patients one request each")
     started = time.perf_counter()
     status = 500  # until the call returns or is refused
+    inline: bool | None = None  # where a single call ran (a batch always runs in the pool)
     try:
         if isinstance(inputs, list):
             if capture is None:
@@ -157,10 +168,14 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
             info["errors"] = [field_errors(o, MAX_ROW_ERRORS) if isinstance(o, InputError) else None for o in outcomes]
         else:
             try:
+                # Inline on the event loop when this function's measured cost is tiny (and the body
+                # small: a large input may cost what no earlier call did), else in the pool.
+                key = (ko.id, ko.version, endpoint) if _small(request) else None
+                inline = state.dispatcher.is_inline(key)
                 if capture is None:
-                    out = await state.dispatcher.run(ko.call, endpoint, inputs)
+                    out = await state.dispatcher.call(key, ko.call, endpoint, inputs)
                 else:
-                    captured = await state.dispatcher.run(run_captured, ko, ko.call, endpoint, inputs)
+                    captured = await state.dispatcher.call(key, run_captured, ko, ko.call, endpoint, inputs)
                     await capture.record(captured, channel=channel, caller="anonymous", subject=subject, inputs=inputs)
                     out = captured.unwrap()
             except InputError as exc:
@@ -185,6 +200,7 @@ async def _call(request: Request, ko_id: str, spec: str | None, endpoint: str, *
             time.perf_counter() - started,
             len(inputs) if isinstance(inputs, list) else 1,
             status,
+            inline,
         )
     headers = version_headers(request, snapshot, entry, call_address, endpoint)
     if minimal:
