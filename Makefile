@@ -3,6 +3,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# Test processes (pytest-xdist): one per core of CI's 2-core machine; a test file stays on one worker.
+TEST_WORKERS ?= 2
 
 .PHONY: serve test lint java chromium postgres clean
 
@@ -43,7 +45,7 @@ postgres:
 test: $(VENV)/.installed-test java chromium postgres
 	$(BIN)/ruff check kgrid_py activator knowledge_objects tests benchmarks
 	$(BIN)/lint-imports
-	KGRID_NO_SKIP=1 $(BIN)/python -m pytest -q --durations=20
+	KGRID_NO_SKIP=1 $(BIN)/python -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix kgrid_py activator knowledge_objects tests benchmarks
