@@ -21,6 +21,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 import platform
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as dist_version
 from typing import Any
 
@@ -31,16 +33,20 @@ import pyarrow.json as pajson
 
 from kgrid_py.learning.drift import summary_drift
 from kgrid_py.learning.statistics import Metric, binary_metrics, continuous_metrics
-from kgrid_py.learning.store import CaptureStore, StoreError, to_us
+from kgrid_py.learning.store import READ_CHUNK_ROWS, CaptureStore, StoreError, to_us
 from kgrid_py.learning.survival import time_to_event_metrics
 from kgrid_py.metadata import FunctionSpec, OutcomeSpec
 
 __all__ = [
     "MonitorError",
     "alerts_of",
+    "calls_numbers",
     "combined_outcomes",
+    "json_objects",
     "link_outcomes",
     "monitor",
+    "outcome_columns",
+    "outcome_outputs",
     "outcomes_table",
     "parse_json_column",
 ]
@@ -63,15 +69,24 @@ class MonitorError(ValueError):
     """Raised when a monitoring run cannot be made (unknown function, nothing to read)."""
 
 
-def outcomes_table(store: CaptureStore, outcome: str, site: str | None = None) -> pa.Table:
+def outcomes_table(
+    store: CaptureStore, outcome: str, site: str | None = None, columns: Sequence[str] = OUTCOME_COLUMNS
+) -> pa.Table:
     """The stored outcome rows of one outcome (optionally one site), columnar.
 
-    Dates come back as days since 1970-01-01 (int32), converted in SQL.
+    Dates come back as days since 1970-01-01 (int32), converted in SQL. ``columns`` (a subset of
+    :data:`OUTCOME_COLUMNS`; ``site`` and ``subject_key`` always come) limits what is read: each
+    value costs a Python object in the driver, and a time-to-event outcome has no ``value``.
     """
+    unknown = [n for n in columns if n not in OUTCOME_COLUMNS]
+    if unknown:
+        raise ValueError(f"outcomes has no column(s) {', '.join(unknown)}")
+    names = [n for n in OUTCOME_COLUMNS if n in {"site", "subject_key", *columns}]
     mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
     postgres = store.engine.dialect.name == "postgresql"
+    fetched = [n for n in names if not (n == "site" and site is not None)]  # one site: a constant column
     selects = []
-    for name in OUTCOME_COLUMNS:
+    for name in fetched:
         if not name.endswith("_date"):
             selects.append(name)
         elif postgres:
@@ -84,8 +99,18 @@ def outcomes_table(store: CaptureStore, outcome: str, site: str | None = None) -
         sql += f" AND site = {mark}"
         params.append(site)
     kinds = {"event": pa.int8(), "competing_event": pa.int8(), "value": pa.float64()}
-    types = [pa.int32() if n.endswith("_date") else kinds.get(n, pa.string()) for n in OUTCOME_COLUMNS]
-    return _fetch_table(store, sql, params, list(OUTCOME_COLUMNS), types, "reading outcomes")
+    types = [pa.int32() if n.endswith("_date") else kinds.get(n, pa.string()) for n in fetched]
+    table = _fetch_table(store, sql, params, fetched, types, "reading outcomes")
+    if site is not None:
+        table = table.add_column(0, "site", pa.repeat(pa.scalar(site, pa.string()), table.num_rows))
+    return table
+
+
+def outcome_columns(spec: OutcomeSpec) -> tuple[str, ...]:
+    """What linking an outcome of this kind reads (a continuous outcome is its value)."""
+    if spec.kind == "continuous":
+        return ("site", "subject_key", "value")
+    return ("site", "subject_key", "event", "event_date", "followup_date", "competing_event", "competing_date")
 
 
 # ``status`` travels as its index in this tuple (a small integer, not a string per row).
@@ -107,6 +132,13 @@ def _json_text(dialect: str, column: str, mark: str) -> str:
     return f"CAST(json_extract({column}, {mark}) AS TEXT)"
 
 
+def outcome_outputs(spec: OutcomeSpec | None) -> list[str]:
+    """The outputs an outcome is judged on: each horizon's risk, and the continuous output."""
+    if spec is None:
+        return []
+    return list(dict.fromkeys([h.output for h in spec.horizons] + ([spec.output] if spec.output else [])))
+
+
 def calls_numbers(
     store: CaptureStore,
     ko_id: str,
@@ -115,32 +147,165 @@ def calls_numbers(
     *,
     site: str | None = None,
     since_us: int | None = None,
+    ok_only: bool = False,
+    with_inputs: bool = True,
 ) -> pa.Table:
-    """The calls monitoring reads, oldest first, with the JSON members it needs extracted in SQL.
+    """The calls monitoring reads, oldest first per site (sites in sorted order), JSON members as columns.
 
     Columns: ``ts_us``, ``site``, ``subject_key``, ``status`` (index into :data:`STATUS_CODES`),
-    ``warned`` (1 when the call carried any warning), ``out:NAME`` per outcome output (double) and
-    ``in:NAME`` per input with a declared development summary (text for a levelled input, else
-    double). Fetching the JSON text and parsing it in Python cost most of a 1M-call report.
+    ``warned`` (1 when the call carried any warning), ``out:NAME`` per outcome output (double) and,
+    with ``with_inputs``, ``in:NAME`` per input with a declared development summary (text for a
+    levelled input, else double); members are read for successful calls only (null otherwise).
+    ``ok_only`` leaves out the other calls (what recalibration and federation read).
+
+    On SQLite the JSON texts are parsed by Arrow (C++, exact float parsing), one chunk at a time,
+    and each site is read through the (KO, version, function, site, time) index, so no column but
+    the needed ones reaches Python and nothing is sorted but ties in time; where a text is not one
+    JSON object of the expected types, the whole read falls back to extracting the members in SQL
+    (``json_extract``), which keeps its rules (a member of another JSON type is absent).
     """
     spec = function.outcome
+    outputs = outcome_outputs(spec)
+    inputs = [s for s in spec.development if s.name != "linear_predictor"] if spec and with_inputs else []
+    if store.engine.dialect.name == "sqlite":
+        table = _sqlite_calls(store, ko_id, version, function.name, site, since_us, ok_only, outputs, inputs)
+        if table is not None:
+            return table
+    return _sql_extracted_calls(store, ko_id, version, function.name, site, since_us, ok_only, outputs, inputs)
+
+
+_STATUS_SQL = "CASE status WHEN 'ok' THEN 0 WHEN 'refused' THEN 1 WHEN 'error' THEN 2 ELSE 3 END"
+_WARNED_SQL = "CASE WHEN warnings <> '[]' THEN 1 ELSE 0 END"
+
+
+def _sqlite_calls(
+    store: CaptureStore,
+    ko_id: str,
+    version: str,
+    function: str,
+    site: str | None,
+    since_us: int | None,
+    ok_only: bool,
+    outputs: list[str],
+    inputs: list[Any],
+) -> pa.Table | None:
+    """:func:`calls_numbers` on SQLite with Arrow's JSON parser; None where a text needs SQL's rules."""
+    out_schema = pa.schema([(n, pa.float64()) for n in outputs])
+    in_schema = pa.schema([(s.name, pa.string() if s.levels else pa.float64()) for s in inputs])
+    selects = ["ts_us", "subject_key", _STATUS_SQL, _WARNED_SQL]
+    for column, schema in (("outputs", out_schema), ("inputs_used", in_schema)):
+        if len(schema):  # a failed call's members are not read (they are null in every path)
+            selects.append(f"COALESCE(CASE WHEN status = 'ok' THEN {column} END, '{{}}')")
+    where = "ko_id = ? AND version = ? AND function = ?"
+    params: list[Any] = [ko_id, version, function]
+    filters = ""
+    if since_us is not None:
+        filters += " AND ts_us >= ?"
+        params.append(since_us)
+    if ok_only:
+        filters += " AND status = 'ok'"
+    # One site at a time: the index gives time order, so SQLite sorts only calls with equal times.
+    sql = f"SELECT {', '.join(selects)} FROM calls WHERE {where} AND site = ?{filters} ORDER BY ts_us, id"
+    parts: list[pa.Table] = []
+    try:
+        with store.engine.connect() as conn, conn.begin():  # one read transaction: one snapshot for all sites
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                if site is None:
+                    found = cursor.execute(f"SELECT DISTINCT site FROM calls WHERE {where} ORDER BY site", params[:3])
+                    sites = [row[0] for row in found.fetchall()]
+                else:
+                    sites = [site]
+                for name in sites:
+                    cursor.execute(sql, (*params[:3], name, *params[3:]))
+                    while rows := cursor.fetchmany(READ_CHUNK_ROWS):
+                        part = _sqlite_chunk(rows, name, out_schema, in_schema)
+                        if part is None:
+                            return None
+                        parts.append(part)
+            finally:
+                cursor.close()
+    except Exception as exc:
+        raise StoreError(f"capture store {store.url}: reading calls failed: {type(exc).__name__}: {exc}") from exc
+    if not parts:
+        parts.append(_sqlite_chunk([], "", out_schema, in_schema))  # type: ignore[arg-type]
+    return pa.concat_tables(parts).combine_chunks()
+
+
+def _sqlite_chunk(
+    rows: list[tuple[Any, ...]], site: str, out_schema: pa.Schema, in_schema: pa.Schema
+) -> pa.Table | None:
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (4 + bool(len(out_schema)) + bool(len(in_schema)))
+    n = len(rows)
+    table: dict[str, pa.Array] = {
+        "ts_us": pa.array(columns[0], type=pa.int64()),
+        "site": pa.repeat(pa.scalar(site, pa.string()), n),
+        "subject_key": pa.array(columns[1], type=pa.string()),
+        "status": pa.array(columns[2], type=pa.int8()),
+        "warned": pa.array(columns[3], type=pa.int8()),
+    }
+    at = 4
+    for prefix, schema in (("out:", out_schema), ("in:", in_schema)):
+        if not len(schema):
+            continue
+        members = json_objects(columns[at], schema)
+        at += 1
+        if members is None:
+            return None
+        for name in schema.names:
+            table[prefix + name] = members.column(name)
+    return pa.table(table)
+
+
+def json_objects(texts: Sequence[str], schema: pa.Schema) -> pa.Table | None:
+    """The members ``schema`` names of one JSON object per text, parsed by Arrow; None if not so readable.
+
+    None when a text is not a JSON object, a member has another JSON type than ``schema`` says, or
+    the texts cannot be laid one per line (a text holding a line break, or an empty one): the caller
+    then uses a slower reader with its own rules. Floats are parsed exactly (shortest round trip).
+    """
+    if not texts:
+        return pa.table({f.name: pa.array([], type=f.type) for f in schema})
+    payload = "\n".join(texts)
+    if (
+        payload.count("\n") != len(texts) - 1
+        or "\r" in payload
+        or "\n\n" in payload
+        or payload.startswith("\n")
+        or payload.endswith("\n")
+    ):
+        return None
+    options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        table = pajson.read_json(
+            io.BytesIO(payload.encode()), read_options=pajson.ReadOptions(block_size=1 << 24), parse_options=options
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != len(texts):
+        return None
+    return table.select(schema.names).combine_chunks()
+
+
+def _sql_extracted_calls(
+    store: CaptureStore,
+    ko_id: str,
+    version: str,
+    function: str,
+    site: str | None,
+    since_us: int | None,
+    ok_only: bool,
+    outputs: list[str],
+    inputs: list[Any],
+) -> pa.Table:
+    """:func:`calls_numbers` with the JSON members extracted in SQL (PostgreSQL; SQLite's fallback)."""
     dialect = store.engine.dialect.name
     mark = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
     json_path = (lambda n: n) if dialect == "postgresql" else (lambda n: f'$."{n}"')
-    selects = [
-        "ts_us",
-        "site",
-        "subject_key",
-        "CASE status WHEN 'ok' THEN 0 WHEN 'refused' THEN 1 WHEN 'error' THEN 2 ELSE 3 END",
-        "CASE WHEN warnings <> '[]' THEN 1 ELSE 0 END",
-    ]
+    selects = ["ts_us", "site", "subject_key", _STATUS_SQL, _WARNED_SQL]
     names = ["ts_us", "site", "subject_key", "status", "warned"]
     types: list[pa.DataType] = [pa.int64(), pa.string(), pa.string(), pa.int8(), pa.int8()]
     params: list[Any] = []
-    outputs = (
-        list(dict.fromkeys([h.output for h in spec.horizons] + ([spec.output] if spec.output else []))) if spec else []
-    )
-    inputs = [s for s in spec.development if s.name != "linear_predictor"] if spec else []
     for name in outputs:
         selects.append(_json_number(dialect, "o", mark))
         params.extend([json_path(name)] * (2 if dialect == "postgresql" else 1))
@@ -158,17 +323,20 @@ def calls_numbers(
         names.append(f"in:{summary.name}")
     cast = "::jsonb" if dialect == "postgresql" else ""
     where = [f"ko_id = {mark}", f"version = {mark}", f"function = {mark}"]
-    params.extend([ko_id, version, function.name])
+    params.extend([ko_id, version, function])
     if site is not None:
         where.append(f"site = {mark}")
         params.append(site)
     if since_us is not None:
         where.append(f"ts_us >= {mark}")
         params.append(since_us)
+    if ok_only:
+        where.append("status = 'ok'")
     sql = (
         f"SELECT {', '.join(selects)} FROM (SELECT id, ts_us, site, subject_key, status, warnings, "
-        f"outputs{cast} AS o, inputs_used{cast} AS i FROM calls WHERE {' AND '.join(where)}) AS c "
-        "ORDER BY ts_us, id"
+        f"CASE WHEN status = 'ok' THEN outputs{cast} END AS o, "
+        f"CASE WHEN status = 'ok' THEN inputs_used{cast} END AS i FROM calls WHERE {' AND '.join(where)}) AS c "
+        "ORDER BY site, ts_us, id"
     )
     return _fetch_table(store, sql, params, names, types, "reading calls")
 
@@ -235,20 +403,25 @@ def _dates(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 def combined_outcomes(table: pa.Table) -> pa.Table:
-    """One row per (site, subject): event if any, earliest event date, latest follow-up, ..."""
-    grouped = table.group_by(["site", "subject_key"]).aggregate(
-        [
-            ("event", "max"),
-            ("event_date", "min"),
-            ("followup_date", "max"),
-            ("competing_event", "max"),
-            ("competing_date", "min"),
-            ("value", "mean"),
-        ]
-    )
-    return grouped.rename_columns(
-        ["site", "subject_key", "event", "event_date", "followup_date", "competing_event", "competing_date", "value"]
-    )
+    """One row per (site, subject): event if any, earliest event date, latest follow-up, ...
+
+    A column the table lacks (not read, see :func:`outcomes_table`) is null in the result.
+    """
+    wanted = [
+        ("event", "max", pa.int8()),
+        ("event_date", "min", pa.int32()),
+        ("followup_date", "max", pa.int32()),
+        ("competing_event", "max", pa.int8()),
+        ("competing_date", "min", pa.int32()),
+        ("value", "mean", pa.float64()),
+    ]
+    present = [(n, how) for n, how, _ in wanted if n in table.column_names]
+    grouped = table.group_by(["site", "subject_key"]).aggregate(present)
+    grouped = grouped.rename_columns(["site", "subject_key", *(n for n, _ in present)])
+    columns = {
+        n: grouped.column(n) if n in grouped.column_names else pa.nulls(grouped.num_rows, kind) for n, _, kind in wanted
+    }
+    return pa.table({"site": grouped.column("site"), "subject_key": grouped.column("subject_key"), **columns})
 
 
 def _volume(ts_us: np.ndarray, status: np.ndarray, warned: np.ndarray) -> list[dict[str, Any]]:
@@ -334,7 +507,12 @@ def monitor(
     """The full monitoring report (a JSON-ready dict) of one KO version's function, per site."""
     since_us = to_us(since) if since is not None else None
     spec = function.outcome
-    calls = calls_numbers(store, ko_id, version, function, site=site, since_us=since_us)
+    # The outcomes are read on a second connection while the calls are read: SQLite and Arrow's
+    # parser release the GIL, so on two cores the two reads overlap.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgrid-outcomes") as pool:
+        pending = pool.submit(outcomes_table, store, spec.name, site, outcome_columns(spec)) if spec else None
+        calls = calls_numbers(store, ko_id, version, function, site=site, since_us=since_us)
+        outcome_rows = combined_outcomes(pending.result()) if pending is not None else None
     report: dict[str, Any] = {
         "ko": {"id": ko_id, "version": version, "function": function.name, "title": function.title},
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -361,8 +539,7 @@ def monitor(
     }
     if calls.num_rows == 0:
         return report
-    outcome_rows = combined_outcomes(outcomes_table(store, spec.name, site)) if spec else None
-    sites = sorted(set(calls.column("site").to_pylist()))
+    sites = sorted(pc.unique(calls.column("site")).to_pylist())
     for name in sites:
         section = _site_section(calls.filter(pc.equal(calls.column("site"), name)), spec, outcome_rows, name)
         report["alerts"].extend(section.pop("_alerts"))

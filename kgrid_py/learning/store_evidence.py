@@ -17,7 +17,14 @@ import pyarrow.compute as pc
 import sqlalchemy as sa
 
 from kgrid_py.ko import KnowledgeObject
-from kgrid_py.learning.monitor import combined_outcomes, link_outcomes, outcomes_table, parse_json_column
+from kgrid_py.learning.monitor import (
+    calls_numbers,
+    combined_outcomes,
+    link_outcomes,
+    outcome_columns,
+    outcome_outputs,
+    outcomes_table,
+)
 from kgrid_py.learning.recalibration import Evidence, Kind, RecalibrationError
 from kgrid_py.learning.store import CaptureStore, StoreError, store_url
 
@@ -52,19 +59,12 @@ def evidence_from_store(
     spec = ko.function(function)
     if spec.outcome is None:
         raise RecalibrationError(f"{ko.ref} {function} declares no outcome: its calls cannot be linked")
-    calls = store.calls_table(
-        ko_id=ko.id,
-        version=ko.version,
-        function=function,
-        site=site,
-        columns=["ts_us", "site", "subject_key", "outputs", "status"],
-    )
-    if calls.num_rows == 0:
-        raise NoLinkedCalls(f"{store!r} holds no call of {ko.ref} {function} at site {site!r}")
-    ok = np.asarray(calls.column("status").to_numpy(zero_copy_only=False)) == "ok"
-    ok_calls = calls.filter(pa.array(ok))
-    outputs = parse_json_column(ok_calls.column("outputs"))
-    outcomes = combined_outcomes(outcomes_table(store, spec.outcome.name, site))
+    # Successful calls only, their outcome outputs extracted as numbers (monitor's fast reader).
+    ok_calls = calls_numbers(store, ko.id, ko.version, spec, site=site, ok_only=True, with_inputs=False)
+    if ok_calls.num_rows == 0:
+        raise NoLinkedCalls(f"{store!r} holds no call of {ko.ref} {function} at site {site!r} that succeeded")
+    outputs = pa.table({o: ok_calls.column(f"out:{o}") for o in outcome_outputs(spec.outcome)})
+    outcomes = combined_outcomes(outcomes_table(store, spec.outcome.name, site, outcome_columns(spec.outcome)))
     linked = link_outcomes(ok_calls, outputs, spec.outcome, outcomes, site)
     n = len(linked["time"])
     if n == 0:
