@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,10 +82,10 @@ coordinator, site_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate
 identity = {"id": "kfre", "version": "1.0.0", "content_digest": ko.content_digest}
 sites = {"bench": key_id(site_key.public_key())}
 common = dict(ko=identity, function=function, kind=kind, horizons=horizons, sites=sites, private_key=coordinator)
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 with CaptureStore.open(url) as store:
     evidence = evidence_from_store(store, ko, function, "bench", kind, horizons)  # type: ignore[arg-type]
-read_s = time.perf_counter() - start
+read_s, read_cpu = time.perf_counter() - start, time.process_time() - cpu
 timings = {}
 for method in ("slope", "intercept"):  # slope: a Newton round; intercept: the baseline (grid) round
     plan = fd.new_plan(method=method, **common)["payload"]  # type: ignore[arg-type]
@@ -93,8 +94,9 @@ for method in ("slope", "intercept"):  # slope: a Newton round; intercept: the b
     timings[plan["phase"]] = time.perf_counter() - t
 size = len(json.dumps(message))
 print(
-    f"{evidence.n:,} linked calls: read+link {read_s:.2f} s, newton-round message {timings['newton']:.2f} s, "
+    f"{evidence.n:,} linked calls: read+link {read_s:.2f} s ({read_cpu:.2f} s CPU), "
+    f"newton-round message {timings['newton']:.2f} s, "
     f"baseline-round message {timings['baseline']:.2f} s; "
     f"total (read + baseline) {read_s + timings['baseline']:.2f} s; "
-    f"message {size:,} bytes"
+    f"message {size:,} bytes; load average {os.getloadavg()}"
 )
