@@ -37,6 +37,7 @@ __all__ = [
     "clinic_patients",
     "kgrid",
     "post_outcomes",
+    "stop_commands",
     "true_outcomes",
 ]
 
@@ -141,10 +142,24 @@ class CliRun:
         return subprocess.CompletedProcess(self.args, self.process.returncode, out, err)
 
 
+_STARTED: list[CliRun] = []
+
+
 def kgrid(*args: str, env: dict[str, str] | None = None) -> CliRun:
-    """Start the real ``kgrid`` entry point in a subprocess (several may run at once)."""
+    """Start the real ``kgrid`` entry point in a subprocess (several may run at once; see ``stop_commands``)."""
     command = [sys.executable, "-c", "from kgrid_py.cli import main; main()", *args]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
     )
-    return CliRun(tuple(args), process)
+    run = CliRun(tuple(args), process)
+    _STARTED.append(run)
+    return run
+
+
+def stop_commands() -> None:
+    """Kill every ``kgrid`` command this module started that still runs (a failed step leaves none behind)."""
+    while _STARTED:
+        run = _STARTED.pop()
+        if run.process.poll() is None:
+            run.process.kill()
+        run.process.communicate()
