@@ -13,37 +13,61 @@ Errors are one line on stderr; ``--debug`` shows the traceback. Other packages a
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+import importlib
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 
 import click
 
 from kgrid_py.cli import developer  # noqa: F401  (registers its commands on the group)
-from kgrid_py.cli.curator import COMMANDS
 from kgrid_py.cli.group import cli
-from kgrid_py.cli.learning import capture
-from kgrid_py.cli.monitoring import monitor_command, outcomes
-from kgrid_py.cli.population import score
-from kgrid_py.cli.recalibration import recalibrate
 
 __all__ = ["cli", "main"]
 
+# Name -> (module, attribute): imported when the command is used, not at every start.
+_LIBRARY_COMMANDS = {
+    **{
+        name: ("kgrid_py.cli.curator", f"COMMANDS.{name}")
+        for name in ("build", "init", "pack", "keygen", "sign", "verify", "publish", "status", "token", "vectors")
+    },
+    "score": ("kgrid_py.cli.population", "score"),
+    "recalibrate": ("kgrid_py.cli.recalibration", "recalibrate"),
+    "federate": ("kgrid_py.cli.federation", "federate"),
+    "outcomes": ("kgrid_py.cli.monitoring", "outcomes"),
+    "monitor": ("kgrid_py.cli.monitoring", "monitor_command"),
+    "capture": ("kgrid_py.cli.learning", "capture"),
+}
+
+
+def _library_loader(module: str, attribute: str) -> Callable[[], click.Command]:
+    def load() -> click.Command:
+        found: object = importlib.import_module(module)
+        for part in attribute.split("."):
+            found = found[part] if isinstance(found, dict) else getattr(found, part)
+        assert isinstance(found, click.Command)
+        return found
+
+    return load
+
+
+def _plugin_loader(entry: EntryPoint) -> Callable[[], click.Command]:
+    def load() -> click.Command:
+        try:
+            return entry.load()  # type: ignore[no-any-return]
+        except ImportError as exc:  # a plugin whose own dependencies are missing
+            return _unavailable(entry.name, str(exc))
+
+    return load
+
 
 def _add_library_commands() -> None:
-    for name, command in COMMANDS.items():
-        cli.add_command(command, name)
-    cli.add_command(score, "score")
-    cli.add_command(recalibrate, "recalibrate")
-    cli.add_command(outcomes, "outcomes")
-    cli.add_command(monitor_command, "monitor")
-    cli.add_command(capture, "capture")
+    for name, (module, attribute) in _LIBRARY_COMMANDS.items():
+        cli.add_lazy_command(name, _library_loader(module, attribute))
 
 
 def _add_plugin_commands() -> None:
     for entry in entry_points(group="kgrid.commands"):
-        try:
-            cli.add_command(entry.load(), name=entry.name)
-        except ImportError as exc:  # a plugin whose own dependencies are missing
-            cli.add_command(_unavailable(entry.name, str(exc)), name=entry.name)
+        cli.add_lazy_command(entry.name, _plugin_loader(entry))
 
 
 def _unavailable(name: str, reason: str) -> click.Command:

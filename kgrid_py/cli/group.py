@@ -6,6 +6,7 @@ Every command module registers on :data:`cli`; :mod:`kgrid_py.cli` imports them 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,27 @@ __all__ = ["KgridGroup", "cli", "shelf_option", "shelf_or_default"]
 
 
 class KgridGroup(click.Group):
-    """Turns library errors into one clear line and exit code 1 (traceback with ``--debug``)."""
+    """Turns library errors into one clear line and exit code 1 (traceback with ``--debug``).
+
+    Commands can also be registered lazily (:meth:`add_lazy_command`): their module is imported
+    only when the command runs or help lists it, so ``kgrid federate site`` on a schedule does not
+    pay for matplotlib, scipy or the activator at every start.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy: dict[str, Callable[[], click.Command]] = {}
+
+    def add_lazy_command(self, name: str, load: Callable[[], click.Command]) -> None:
+        self.lazy[name] = load
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy:
+            self.add_command(self.lazy.pop(cmd_name)(), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

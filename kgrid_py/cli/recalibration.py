@@ -134,14 +134,3 @@ def recalibrate(
     click.echo(f"{parent.ref} -> {record['version_label']} ({update.method}: {params}) written to {folder}")
     click.echo(f"why: {reason}")
     click.echo(json.dumps(record["performance"], indent=None))
-
-
-def _register_federate() -> None:
-    """``kgrid federate`` lives beside ``kgrid recalibrate`` (kgrid_py.cli.federation)."""
-    from kgrid_py.cli.federation import federate
-    from kgrid_py.cli.group import cli
-
-    cli.add_command(federate, "federate")
-
-
-_register_federate()
