@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             settings=settings,
             registry=Registry(settings.shelf, runtime, verify_vectors=settings.verify_vectors),
             metrics=metrics_,
-            dispatcher=Dispatcher(settings.inference_threads),
+            dispatcher=Dispatcher(settings.inference_threads, inline_budget=settings.inline_budget_ms / 1000),
             generations=_generations(settings),
             capture=_capture(settings, metrics_),
         )

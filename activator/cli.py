@@ -26,6 +26,13 @@ __all__ = ["serve"]
     help="Threads per worker that run inference, off the event loop.",
 )
 @click.option(
+    "--inline-budget-ms",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.0, 100.0),
+    help="A KO function whose measured median call costs less runs on the event loop, not a thread (0: never).",
+)
+@click.option(
     "--ort-threads",
     default=1,
     show_default=True,
@@ -169,6 +176,7 @@ def serve(
     port: int,
     workers: int,
     inference_threads: int,
+    inline_budget_ms: float,
     ort_threads: int,
     admin_token: str | None,
     max_body_bytes: int,
@@ -221,6 +229,7 @@ def serve(
         admin_token=admin_token,
         max_body_bytes=max_body_bytes,
         inference_threads=inference_threads,
+        inline_budget_ms=inline_budget_ms,
         ort_threads=ort_threads,
         watch=watch,
         watch_interval=watch_interval,

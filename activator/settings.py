@@ -26,6 +26,8 @@ class Settings:
     max_body_bytes: int = 1_048_576
     # Threads that run inference, off the event loop; each ONNX session itself uses ort_threads.
     inference_threads: int = 4
+    # A function whose measured median call costs less runs inline on the event loop (activator.dispatch).
+    inline_budget_ms: float = 0.5
     ort_threads: int = 1
     # Poll the shelf for new or changed KOs (no extra dependency; seconds between looks).
     watch: bool = True

@@ -126,7 +126,8 @@ def test_encode_json_falls_back_for_what_orjson_refuses() -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("dispatch")
     shelf, _ = build_shelf(root)
-    with Server(shelf, "--no-watch", log=root / "server.log") as running:
+    # A generous budget: whether the demo KO goes inline must not hang on a busy machine's timings.
+    with Server(shelf, "--no-watch", "--inline-budget-ms", "50", log=root / "server.log") as running:
         yield running
 
 
