@@ -525,6 +525,10 @@ def _vectorised(plan: FieldPlan, column: Any, factor: float) -> tuple[np.ndarray
         if array is None:
             return None
         array = array * factor if factor != 1.0 else array
+        if plan.default is not None:  # a missing cell (NaN) takes the default, as in call()
+            missing = np.isnan(array)
+            if missing.any():
+                array = np.where(missing, float(plan.default), array)
         finite = np.isfinite(array)
         problem = ~finite
         if plan.kind == "integer":
@@ -533,9 +537,6 @@ def _vectorised(plan: FieldPlan, column: Any, factor: float) -> tuple[np.ndarray
             problem |= finite & ~_within(array, plan.hard)
         if not problem.any():
             return array, {}
-        if plan.default is not None:
-            array = np.where(np.isnan(array), float(plan.default), array)
-            return _vectorised(plan, array, 1.0)
         bad = {
             int(row): FieldError(plan.name, _row_message(plan, array[row], factor)) for row in np.flatnonzero(problem)
         }

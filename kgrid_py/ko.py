@@ -150,6 +150,7 @@ class _Function:
         texts = (*spec.result_warnings, *notices)
         self.result_warnings = [InputWarning(MODEL_WARNING_FIELD, text) for text in texts]
         self.result_warning_texts = tuple(str(w) for w in self.result_warnings)
+        self.scalar_inputs = all(f.type != "tensor" for f in spec.inputs)  # where a one-row batch may take call's path
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One graph run; each declared output's array (several may read one graph output)."""
@@ -347,6 +348,13 @@ class KnowledgeObject:
         plan = resolve_columns(fn.spec, names, mapping=mapping, units=units, keep=keep)
         columns = _columns_of(table, plan.column_for.values())
         fed = {name: columns[column] for name, column in plan.column_for.items()}
+        if n_rows == 1 and not plan.units and fn.scalar_inputs:
+            one = _one_row(fn, fed)
+            if one is not None:
+                result, used = one
+                kept = {column: _kept(table, column) for column in plan.keep}
+                answer = BatchResult(result, [None], [_one_row_warnings(fn, result)], fn.provenance, kept)
+                return answer, fed, used, _ONE
         batch = fn.plan.prepare_batch(fed, n_rows, plan.units)
         outputs = fn.run(batch.feeds) if batch.valid.any() else [None] * len(fn.outputs)
         result = {spec.name: _column(spec, array, batch.valid) for spec, array in zip(fn.outputs, outputs, strict=True)}
@@ -477,6 +485,63 @@ def _scalar(spec: OutputSpec, array: np.ndarray) -> Any:
     if spec.type == "tensor":
         return value.tolist()
     return float(value)
+
+
+_ONE = np.ones(1, dtype=bool)
+_PLAIN_CELL = (float, int, str, type(None))
+
+
+def _cell(column: Any) -> Any:
+    """The one cell of a one-row column when it is a plain value call() takes as it is, else ``_NOT_PLAIN``."""
+    if isinstance(column, np.ndarray):
+        if column.ndim != 1 or column.dtype.kind not in "fUO":
+            return _NOT_PLAIN
+        value = column[0]
+        value = value.item() if isinstance(value, np.generic) else value
+    elif isinstance(column, list | tuple):
+        value = column[0]
+    else:  # pandas, Arrow: the batch path reads those
+        return _NOT_PLAIN
+    if not isinstance(value, _PLAIN_CELL):  # bool is an int: call and the batch path judge it alike
+        return _NOT_PLAIN
+    return value
+
+
+_NOT_PLAIN = object()
+
+
+def _one_row(fn: _Function, fed: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
+    """A one-row batch through the single-call plan, five to seven times cheaper than the batch plan.
+
+    Taken only where it cannot differ from the batch path: plain cells, and a row call() accepts
+    without any input warning; anything else (an error, a warning to render in the caller's
+    terms, pandas or Arrow columns, units) returns None and the batch path answers. The outputs
+    are the batch path's columns of the same graph run (tests compare the two row for row)."""
+    row = {}
+    for name, column in fed.items():
+        value = _cell(column)
+        if value is _NOT_PLAIN:
+            return None
+        row[name] = value
+    try:
+        feeds, warnings = fn.plan.prepare_one(row)
+    except InputError:
+        return None
+    if warnings:
+        return None
+    outputs = fn.run(feeds)
+    result = {spec.name: _column(spec, array, _ONE) for spec, array in zip(fn.outputs, outputs, strict=True)}
+    used = {p.name: feeds[p.spec.graph_name] for p in fn.plan.fields if p.spec.graph_name in feeds}
+    return result, used
+
+
+def _one_row_warnings(fn: _Function, result: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """The one row's warnings as the batch path words them: output checks, then the function's notices."""
+    found: tuple[str, ...] = ()
+    if fn.output_checks:
+        for _, checks in fn.output_checks.batch(result).items():
+            found = (*found, *(str(w) for w in checks))
+    return found + fn.result_warning_texts
 
 
 def _column(spec: OutputSpec, array: np.ndarray | None, valid: np.ndarray) -> np.ndarray:
