@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import ValidationError
 
-from kgrid_py.columns import CallerTerms, resolve_columns
+from kgrid_py.columns import CallerTerms, ColumnPlan, resolve_columns
 from kgrid_py.digest import folder_identity, sha256_file
 from kgrid_py.errors import FieldError, InputError, IntegrityError, InvalidKO, NotFound
 from kgrid_py.inputs import MODEL_WARNING_FIELD, FunctionPlan, InputWarning
@@ -150,7 +150,31 @@ class _Function:
         texts = (*spec.result_warnings, *notices)
         self.result_warnings = [InputWarning(MODEL_WARNING_FIELD, text) for text in texts]
         self.result_warning_texts = tuple(str(w) for w in self.result_warnings)
+        self._column_plans: dict[tuple[Any, ...], ColumnPlan] = {}
         self.scalar_inputs = all(f.type != "tensor" for f in spec.inputs)  # where a one-row batch may take call's path
+
+    def column_plan(
+        self,
+        names: Sequence[str],
+        mapping: Mapping[str, str] | None,
+        units: Mapping[str, str] | None,
+        keep: Sequence[str],
+    ) -> ColumnPlan:
+        """:func:`resolve_columns`, remembered: a service scores the same table shape over and over,
+        and resolving one (look-alike names included) costs more than scoring a row."""
+        key = (
+            tuple(names),
+            tuple(mapping.items()) if mapping else (),
+            tuple(units.items()) if units else (),
+            tuple(keep),
+        )
+        plan = self._column_plans.get(key)
+        if plan is None:
+            plan = resolve_columns(self.spec, names, mapping=mapping, units=units, keep=keep)
+            if len(self._column_plans) >= _COLUMN_PLANS_KEPT:
+                self._column_plans.clear()
+            self._column_plans[key] = plan
+        return plan
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One graph run; each declared output's array (several may read one graph output)."""
@@ -345,7 +369,7 @@ class KnowledgeObject:
     ) -> tuple[BatchResult, dict[str, Any], dict[str, np.ndarray], np.ndarray]:
         fn = self._function(function)
         names, n_rows = _shape_of(table)
-        plan = resolve_columns(fn.spec, names, mapping=mapping, units=units, keep=keep)
+        plan = fn.column_plan(names, mapping, units, keep)
         columns = _columns_of(table, plan.column_for.values())
         fed = {name: columns[column] for name, column in plan.column_for.items()}
         if n_rows == 1 and not plan.units and fn.scalar_inputs:
@@ -488,6 +512,7 @@ def _scalar(spec: OutputSpec, array: np.ndarray) -> Any:
 
 
 _ONE = np.ones(1, dtype=bool)
+_COLUMN_PLANS_KEPT = 64
 _PLAIN_CELL = (float, int, str, type(None))
 
 
