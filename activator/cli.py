@@ -33,6 +33,22 @@ __all__ = ["serve"]
     help="A KO function whose measured median call costs less runs on the event loop, not a thread (0: never).",
 )
 @click.option(
+    "--http",
+    "http_impl",
+    type=click.Choice(["auto", "httptools", "h11"]),
+    default="auto",
+    show_default=True,
+    help="HTTP parser: httptools (C, about twice as fast) where installed, else h11; both get the same limits.",
+)
+@click.option(
+    "--loop",
+    "loop_impl",
+    type=click.Choice(["auto", "uvloop", "asyncio"]),
+    default="auto",
+    show_default=True,
+    help="Event loop: uvloop where installed, else asyncio's.",
+)
+@click.option(
     "--ort-threads",
     default=1,
     show_default=True,
@@ -177,6 +193,8 @@ def serve(
     workers: int,
     inference_threads: int,
     inline_budget_ms: float,
+    http_impl: str,
+    loop_impl: str,
     ort_threads: int,
     admin_token: str | None,
     max_body_bytes: int,
@@ -214,6 +232,17 @@ def serve(
     import uvicorn
 
     from activator.app import configure_logging
+    from activator.protocol import protocol_path
+
+    try:
+        http_setting = protocol_path(http_impl)
+    except RuntimeError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[1], param_hint="--http") from None
+    if loop_impl == "uvloop":
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:
+            raise click.BadParameter("the uvloop package is not installed", param_hint="--loop")
 
     if require_signature and trust_dir is None:
         raise click.BadParameter("--require-signature needs --trust DIR", param_hint="--trust")
@@ -269,7 +298,8 @@ def serve(
         access_log=False,  # the activator logs each request itself, with its request id
         log_level="info",
         # Deadlines and the connection cap uvicorn lacks (activator.protocol), and its own ones.
-        http="activator.protocol:GuardedH11Protocol",
+        http=http_setting,
+        loop=loop_impl,
         timeout_keep_alive=keep_alive_timeout,  # type: ignore[arg-type] - call_later takes a float
         limit_concurrency=settings.limit_concurrency,
         # X-Forwarded-* only from the configured proxies (uvicorn trusts 127.0.0.1 by default).

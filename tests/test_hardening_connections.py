@@ -1,7 +1,9 @@
 """Slow, idle and too many connections against a real ``kgrid serve``: none of them may freeze it.
 
 Short deadlines (``--header-timeout 1 --body-timeout 2 --keep-alive-timeout 1``) keep the tests
-quick; the defaults differ only in the numbers.
+quick; the defaults differ only in the numbers. Each runs on both HTTP parsers ``kgrid serve``
+offers (``--http httptools``, the default where installed, and ``--http h11``): the guards are
+the activator's own, not the parser's.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from activator_server import GOOD, Server, build_shelf
+
+PARSERS = pytest.mark.parametrize("parser", ["httptools", "h11"])
 
 DEADLINES = ("--header-timeout", "1", "--body-timeout", "2", "--keep-alive-timeout", "1")
 PARTIAL_HEADERS = b"POST /endpoints/demo-bmi/bmi HTTP/1.1\r\nHost: x\r\nContent-Ty"
@@ -57,9 +62,10 @@ def _health_time(url: str) -> float:
     return time.perf_counter() - started
 
 
-def test_stalled_sockets_neither_stop_health_nor_stay_open(tmp_path: Path) -> None:
+@PARSERS
+def test_stalled_sockets_neither_stop_health_nor_stay_open(tmp_path: Path, parser: str) -> None:
     shelf, _ = build_shelf(tmp_path)
-    with Server(shelf, "--no-watch", *DEADLINES, log=tmp_path / "server.log") as server:
+    with Server(shelf, "--no-watch", "--http", parser, *DEADLINES, log=tmp_path / "server.log") as server:
         silent = _open(server.port, b"", 100)
         trickled_headers = _open(server.port, PARTIAL_HEADERS, 100)
         trickled_body = _open(server.port, PARTIAL_BODY, 100)
@@ -88,10 +94,12 @@ def test_stalled_sockets_neither_stop_health_nor_stay_open(tmp_path: Path) -> No
     assert log.count("did not arrive within") == 0  # a 408 is an answer, not an incident
 
 
-def test_more_connections_than_files_are_refused_quietly_and_the_server_recovers(tmp_path: Path) -> None:
+@PARSERS
+def test_more_connections_than_files_are_refused_quietly_and_the_server_recovers(tmp_path: Path, parser: str) -> None:
     shelf, _ = build_shelf(tmp_path)
     # 256 open files in all: the default --limit-concurrency 1000 cannot fit and is lowered.
-    with Server(shelf, "--no-watch", *DEADLINES, log=tmp_path / "server.log", max_open_files=256) as server:
+    args = ("--no-watch", "--http", parser, *DEADLINES)
+    with Server(shelf, *args, log=tmp_path / "server.log", max_open_files=256) as server:
         flood: list[socket.socket] = []
         try:
             for _ in range(400):
@@ -110,3 +118,31 @@ def test_more_connections_than_files_are_refused_quietly_and_the_server_recovers
     assert "Traceback" not in log and log.count("out of system resource") <= 1, log[-2000:]
     assert log.count("closed a new connection") <= 2
     assert len(log) < 100_000
+
+
+@PARSERS
+def test_an_endless_request_head_is_refused_and_pipelined_requests_are_answered(tmp_path: Path, parser: str) -> None:
+    shelf, _ = build_shelf(tmp_path)
+    with Server(shelf, "--no-watch", "--http", parser, *DEADLINES, log=tmp_path / "server.log") as server:
+        # Headers trickled 1 KB at a time, well inside the header deadline: the head's size bounds them.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            sent = 0
+            try:
+                while sent < 256 * 1024:
+                    sock.sendall(b"X-Pad: " + b"a" * 1024 + b"\r\n")
+                    sent += 1033
+                    time.sleep(0.002)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            answer = _closed_by_server(sock, 4)
+        assert sent < 128 * 1024, "the server kept reading an endless head"
+        assert answer is not None and (answer == b"" or answer.startswith(b"HTTP/1.1 4")), answer[:80]
+        # Three requests in one write: each is answered, in order, on the one connection.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(KEEP_ALIVE * 2 + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            received = _closed_by_server(sock, 4)
+        assert received is not None and received.count(b"HTTP/1.1 200 ") == 3
+        assert _health_time(server.url) < 1.0
+        log = server.read_log()
+    assert "Traceback" not in log
