@@ -91,12 +91,18 @@ def censoring_survival(time: ArrayLike, event: ArrayLike) -> tuple[Array, Array]
 
 
 def cox_fit(
-    time: ArrayLike, event: ArrayLike, x: ArrayLike, offset: ArrayLike | None = None, max_iter: int = 50
+    time: ArrayLike,
+    event: ArrayLike,
+    x: ArrayLike,
+    offset: ArrayLike | None = None,
+    max_iter: int = 50,
+    groups: tuple[Array, NDArray[np.intp]] | None = None,
 ) -> tuple[Array, Array, tuple[Array, Array]]:
     """Cox proportional hazards by Newton on the Breslow partial likelihood.
 
     Returns coefficients, their covariance, and the Breslow baseline cumulative hazard
-    (unique event times, H0 including the jump at each).
+    (unique event times, H0 including the jump at each). ``groups``: ``np.unique(time,
+    return_inverse=True)`` when the caller has it already (several fits on the same times).
     """
     t = np.asarray(time, dtype=np.float64)
     d = np.asarray(event) == 1
@@ -104,7 +110,7 @@ def cox_fit(
     off = np.zeros(t.size) if offset is None else np.asarray(offset, dtype=np.float64)
     # Risk sets are reverse cumulative sums over the unique times (a few thousand with day
     # resolution), so each Newton step is a handful of bincounts over the rows: O(n p²).
-    uniq, group = np.unique(t, return_inverse=True)
+    uniq, group = np.unique(t, return_inverse=True) if groups is None else groups
     g = uniq.size
     deaths = np.bincount(group[d], minlength=g).astype(np.float64)
     at = deaths > 0
@@ -153,36 +159,53 @@ def cox_fit(
     return beta, np.linalg.inv(info), (event_times, h0)
 
 
-def _dominance(pos_from: NDArray[np.int64], rank: NDArray[np.int64], query_rank: NDArray[np.int64]) -> Array:
-    """For each query q: #{rows j with position < pos_from[q] and rank[j] < query_rank[q]}.
+def _dominance(
+    pos_from: NDArray[np.int64], rank: NDArray[np.int64], query_ranks: list[NDArray[np.int64]]
+) -> list[Array]:
+    """For each query q and each ``query_rank``: #{rows j with position < pos_from[q] and rank[j] < query_rank[q]}.
 
     A merge-sort tree built one level at a time with numpy sorts: O(n log² n), no Python loop per row.
-    ``rank`` is indexed by position (rows sorted by position).
+    ``rank`` is indexed by position (rows sorted by position). A key is (block << bits) | rank, so
+    each level's keys are the previous level's with the block halved: sorted runs, which the stable
+    sort merges cheaply. Block b starts at b << level among the sorted keys; the needles are looked
+    up in sorted order (binary searches in memory order, several times faster than scattered).
     """
     n = rank.size
-    m = int(rank.max()) + 2
-    positions = np.arange(n, dtype=np.int64)
-    total = np.zeros(pos_from.size)
+    top = max([int(rank.max())] + [int(q.max()) for q in query_ranks if q.size])
+    bits = max(1, (top + 1).bit_length())
+    mask = (1 << bits) - 1
+    totals = [np.zeros(pos_from.size) for _ in query_ranks]
+    keys = (np.arange(n, dtype=np.int64) << bits) | rank  # level 0: one row per block, sorted
     level = 0
     while (1 << level) <= n:
-        block = positions >> level
-        keys = np.sort(block * m + rank)
-        selected = ((pos_from >> level) & 1) == 1
-        if selected.any():
+        if level:
+            keys = np.sort(((keys >> (bits + 1)) << bits) | (keys & mask), kind="stable")
+        selected = np.flatnonzero(((pos_from >> level) & 1) == 1)
+        if selected.size:
             b = (pos_from[selected] >> level) - 1
-            hi = np.searchsorted(keys, b * m + query_rank[selected], side="left")
-            lo = np.searchsorted(keys, b * m, side="left")
-            total[selected] += hi - lo
+            start = b << level  # every block below the last is full
+            base = b << bits
+            order = np.argsort(base + query_ranks[0][selected])
+            for total, query_rank in zip(totals, query_ranks, strict=True):
+                needles = (base + query_rank[selected])[order]
+                found = np.empty(selected.size, dtype=np.int64)
+                found[order] = np.searchsorted(keys, needles, side="left")
+                total[selected] += found - start
         level += 1
-    return total
+    return totals
 
 
-def uno_c(time: ArrayLike, event: ArrayLike, score: ArrayLike, tau: float) -> float:
-    """Uno's C truncated at ``tau``: pairs (i event before tau, j later or censored at T_i), weights 1/Ĝ(T_i)²."""
+def uno_c(
+    time: ArrayLike, event: ArrayLike, score: ArrayLike, tau: float, censoring: tuple[Array, Array] | None = None
+) -> float:
+    """Uno's C truncated at ``tau``: pairs (i event before tau, j later or censored at T_i), weights 1/Ĝ(T_i)².
+
+    ``censoring``: :func:`censoring_survival` of these times and events, when the caller has it.
+    """
     t = np.asarray(time, dtype=np.float64)
     e = np.asarray(event) == 1
     s = np.asarray(score, dtype=np.float64)
-    g_times, g = censoring_survival(t, e)
+    g_times, g = censoring_survival(t, e) if censoring is None else censoring
     # order: by time, events before censorings at the same time; an event is comparable with rows
     # after its time group's last event
     order = np.lexsort((~e, t))
@@ -201,20 +224,21 @@ def uno_c(time: ArrayLike, event: ArrayLike, score: ArrayLike, tau: float) -> fl
     sorted_ranks = np.sort(rank)
     less_all = np.searchsorted(sorted_ranks, rank[cases], side="left")
     le_all = np.searchsorted(sorted_ranks, rank[cases], side="right")
-    less_before = _dominance(start[cases], rank, rank[cases])
-    le_before = _dominance(start[cases], rank, rank[cases] + 1)
+    less_before, le_before = _dominance(start[cases], rank, [rank[cases], rank[cases] + 1])
     less = less_all - less_before
     ties = (le_all - le_before) - less
     comparable = t.size - start[cases]
     return float(np.sum(w * (less + 0.5 * ties)) / np.sum(w * comparable))
 
 
-def cumulative_dynamic_auc(time: ArrayLike, event: ArrayLike, score: ArrayLike, t: float) -> float:
-    """AUC(t): cases T_i <= t with the event (weight 1/Ĝ(T_i)), controls T_j > t."""
+def cumulative_dynamic_auc(
+    time: ArrayLike, event: ArrayLike, score: ArrayLike, t: float, censoring: tuple[Array, Array] | None = None
+) -> float:
+    """AUC(t): cases T_i <= t with the event (weight 1/Ĝ(T_i)), controls T_j > t (``censoring`` as in uno_c)."""
     tt = np.asarray(time, dtype=np.float64)
     e = np.asarray(event) == 1
     s = np.asarray(score, dtype=np.float64)
-    g_times, g = censoring_survival(tt, e)
+    g_times, g = censoring_survival(tt, e) if censoring is None else censoring
     case = e & (tt <= t)
     controls = np.sort(s[tt > t])
     if not case.any() or controls.size == 0:
@@ -226,12 +250,14 @@ def cumulative_dynamic_auc(time: ArrayLike, event: ArrayLike, score: ArrayLike, 
     return float(np.sum(w * wins) / (np.sum(w) * controls.size))
 
 
-def ipcw_brier(time: ArrayLike, event: ArrayLike, risk: ArrayLike, t: float) -> float:
-    """Graf's IPCW Brier score at ``t`` for predicted risks (1 - predicted survival)."""
+def ipcw_brier(
+    time: ArrayLike, event: ArrayLike, risk: ArrayLike, t: float, censoring: tuple[Array, Array] | None = None
+) -> float:
+    """Graf's IPCW Brier score at ``t`` for predicted risks (1 - predicted survival; ``censoring`` as in uno_c)."""
     tt = np.asarray(time, dtype=np.float64)
     e = np.asarray(event) == 1
     surv = 1.0 - np.asarray(risk, dtype=np.float64)
-    g_times, g = censoring_survival(tt, e)
+    g_times, g = censoring_survival(tt, e) if censoring is None else censoring
     g_t = float(step_at(g_times, g, t))
     g_y = step_at(g_times, g, tt)
     g_y = np.where(g_y == 0, np.inf, g_y)
@@ -245,9 +271,17 @@ def _cloglog(p: Array) -> Array:
 
 
 def time_to_event_metrics(
-    time: ArrayLike, cause: ArrayLike, risk: ArrayLike, horizon: float, competing: bool
+    time: ArrayLike,
+    cause: ArrayLike,
+    risk: ArrayLike,
+    horizon: float,
+    competing: bool,
+    censoring: tuple[Array, Array] | None = None,
 ) -> dict[str, Any]:
     """Every metric at one horizon (days) for predicted risks ``risk`` by that horizon.
+
+    ``censoring``: :func:`censoring_survival` of ``time`` and ``cause == 1``, when the caller
+    has it (the same for every horizon of a site); computed here otherwise.
 
     ``cause``: 0 censored, 1 the outcome, 2 the competing event. With ``competing`` the observed
     risk (and so O:E and the calibration intercept) is Aalen-Johansen; otherwise Kaplan-Meier,
@@ -309,21 +343,29 @@ def time_to_event_metrics(
     ev = (c == 1) & (tt <= horizon)
     tc = np.minimum(tt, horizon)
     cll = _cloglog(p)
-    beta, cov, _ = cox_fit(tc, ev, cll[:, None])
+    groups = np.unique(tc, return_inverse=True)  # both Cox fits share the risk-set grouping
+    beta, cov, _ = cox_fit(tc, ev, cll[:, None], groups=groups)
     sb = float(np.sqrt(cov[0, 0]))
     out["calibration_slope"] = Metric(float(beta[0]), float(beta[0] - Z95 * sb), float(beta[0] + Z95 * sb))
-    curve = smoothed_survival_calibration(tc, ev, p, horizon)
+    curve = smoothed_survival_calibration(tc, ev, p, horizon, groups=groups)
     out.update(error_summary(curve.pop("fitted"), p))
     out["curve"] = curve
-    out["brier"] = Metric(ipcw_brier(tt, c == 1, p, horizon))
-    out["c_index"] = Metric(uno_c(tt, c == 1, p, horizon))
+    g = censoring_survival(tt, c == 1) if censoring is None else censoring
+    out["brier"] = Metric(ipcw_brier(tt, c == 1, p, horizon, censoring=g))
+    out["c_index"] = Metric(uno_c(tt, c == 1, p, horizon, censoring=g))
     # sksurv requires t inside [min, max) of the observed times
     t_auc = min(horizon, float(np.nextafter(tt.max(), -np.inf)))
-    out["auc"] = Metric(cumulative_dynamic_auc(tt, c == 1, p, t_auc))
+    out["auc"] = Metric(cumulative_dynamic_auc(tt, c == 1, p, t_auc, censoring=g))
     return out
 
 
-def smoothed_survival_calibration(time: Array, event: NDArray[np.bool_], risk: Array, horizon: float) -> dict[str, Any]:
+def smoothed_survival_calibration(
+    time: Array,
+    event: NDArray[np.bool_],
+    risk: Array,
+    horizon: float,
+    groups: tuple[Array, NDArray[np.intp]] | None = None,
+) -> dict[str, Any]:
     """Observed risk at the horizon as a smooth function of predicted risk.
 
     A Cox model on cloglog p̂ and one restricted-cubic-spline term (knots at its 10th, 50th and
@@ -334,7 +376,7 @@ def smoothed_survival_calibration(time: Array, event: NDArray[np.bool_], risk: A
     cll = _cloglog(risk)
     knots = np.quantile(cll, [0.1, 0.5, 0.9])
     design = np.column_stack([cll, rcs_basis(cll, knots)])
-    beta, cov, (event_times, h0) = cox_fit(time, event, design)
+    beta, cov, (event_times, h0) = cox_fit(time, event, design, groups=groups)
     h_t = float(step_at(event_times, h0, horizon, before=0.0))
     fitted = -np.expm1(-h_t * np.exp(design @ beta))
     grid = np.quantile(risk, np.linspace(0.01, 0.99, 50))
