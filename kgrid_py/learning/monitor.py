@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
+import os
 import platform
+import subprocess
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as dist_version
@@ -34,7 +38,7 @@ import pyarrow.json as pajson
 from kgrid_py.learning.drift import summary_drift
 from kgrid_py.learning.statistics import Metric, binary_metrics, continuous_metrics
 from kgrid_py.learning.store import READ_CHUNK_ROWS, CaptureStore, StoreError, to_us
-from kgrid_py.learning.survival import time_to_event_metrics
+from kgrid_py.learning.survival import censoring_survival, time_to_event_metrics
 from kgrid_py.metadata import FunctionSpec, OutcomeSpec
 
 __all__ = [
@@ -49,6 +53,7 @@ __all__ = [
     "outcome_outputs",
     "outcomes_table",
     "parse_json_column",
+    "site_section",
 ]
 
 _DAY_US = 86_400_000_000
@@ -503,16 +508,46 @@ def monitor(
     *,
     site: str | None = None,
     since: dt.date | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """The full monitoring report (a JSON-ready dict) of one KO version's function, per site."""
+    """The full monitoring report (a JSON-ready dict) of one KO version's function, per site.
+
+    ``workers``: how many sites are computed at once, each in its own process (reading SQLite
+    builds a Python object per value under the GIL, so threads barely overlap; processes do).
+    None: one per CPU, but only for a SQLite store with several sites and at least
+    :data:`PARALLEL_MIN_CALLS` calls (a process costs about 2 s to start); 1: all in this process.
+    The report is the same either way.
+    """
     since_us = to_us(since) if since is not None else None
     spec = function.outcome
+    report = _report_head(ko_id, version, function, site, since)
+    split = _parallel_sites(store, ko_id, version, function.name, site, since_us, workers)
+    if split is not None:
+        sections = _sections_in_processes(store, ko_id, version, function, split, since_us, workers)
+        for section in sections:
+            report["alerts"].extend(section.pop("_alerts"))
+            report["sites"].append(section)
+        return report
     # The outcomes are read on a second connection while the calls are read: SQLite and Arrow's
     # parser release the GIL, so on two cores the two reads overlap.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgrid-outcomes") as pool:
         pending = pool.submit(outcomes_table, store, spec.name, site, outcome_columns(spec)) if spec else None
         calls = calls_numbers(store, ko_id, version, function, site=site, since_us=since_us)
         outcome_rows = combined_outcomes(pending.result()) if pending is not None else None
+    if calls.num_rows == 0:
+        return report
+    sites = sorted(pc.unique(calls.column("site")).to_pylist())
+    for name in sites:
+        section = _site_section(calls.filter(pc.equal(calls.column("site"), name)), spec, outcome_rows, name)
+        report["alerts"].extend(section.pop("_alerts"))
+        report["sites"].append(section)
+    return report
+
+
+def _report_head(
+    ko_id: str, version: str, function: FunctionSpec, site: str | None, since: dt.date | None
+) -> dict[str, Any]:
+    spec = function.outcome
     report: dict[str, Any] = {
         "ko": {"id": ko_id, "version": version, "function": function.name, "title": function.title},
         "generated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -537,14 +572,112 @@ def monitor(
         "sites": [],
         "alerts": [],
     }
-    if calls.num_rows == 0:
-        return report
-    sites = sorted(pc.unique(calls.column("site")).to_pylist())
-    for name in sites:
-        section = _site_section(calls.filter(pc.equal(calls.column("site"), name)), spec, outcome_rows, name)
-        report["alerts"].extend(section.pop("_alerts"))
-        report["sites"].append(section)
     return report
+
+
+PARALLEL_MIN_CALLS = 200_000
+_WORKER_TIMEOUT_S = 3600.0
+
+
+def _parallel_sites(
+    store: CaptureStore,
+    ko_id: str,
+    version: str,
+    function: str,
+    site: str | None,
+    since_us: int | None,
+    workers: int | None,
+) -> list[str] | None:
+    """The sites to compute in separate processes, or None to compute them all in this one."""
+    if workers is not None and workers < 1:
+        raise MonitorError(f"workers must be at least 1, not {workers}")
+    if site is not None or workers == 1 or store.engine.dialect.name != "sqlite":
+        return None
+    sql = "SELECT site, count(*) FROM calls WHERE ko_id = ? AND version = ? AND function = ?"
+    params: list[Any] = [ko_id, version, function]
+    if since_us is not None:
+        sql += " AND ts_us >= ?"
+        params.append(since_us)
+    counts = dict(_fetch_rows(store, sql + " GROUP BY site", params, "counting calls per site"))
+    if len(counts) < 2 or (workers is None and sum(counts.values()) < PARALLEL_MIN_CALLS):
+        return None
+    return sorted(counts)
+
+
+def _fetch_rows(store: CaptureStore, sql: str, params: list[Any], what: str) -> list[tuple[Any, ...]]:
+    try:
+        with store.engine.connect() as conn:
+            rows = list(conn.exec_driver_sql(sql, tuple(params)).fetchall())
+            conn.rollback()
+    except Exception as exc:
+        raise StoreError(f"capture store {store.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
+    return [tuple(r) for r in rows]
+
+
+def site_section(
+    store: CaptureStore, ko_id: str, version: str, function: FunctionSpec, site: str, since_us: int | None
+) -> dict[str, Any] | None:
+    """One site's part of :func:`monitor`'s report (None: no call there in the window)."""
+    spec = function.outcome
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgrid-outcomes") as pool:
+        pending = pool.submit(outcomes_table, store, spec.name, site, outcome_columns(spec)) if spec else None
+        calls = calls_numbers(store, ko_id, version, function, site=site, since_us=since_us)
+        outcome_rows = combined_outcomes(pending.result()) if pending is not None else None
+    if calls.num_rows == 0:
+        return None
+    return _site_section(calls, spec, outcome_rows, site)
+
+
+def _sections_in_processes(
+    store: CaptureStore,
+    ko_id: str,
+    version: str,
+    function: FunctionSpec,
+    sites: list[str],
+    since_us: int | None,
+    workers: int | None,
+) -> list[dict[str, Any]]:
+    """Each site's section from ``python -m kgrid_py.learning.monitor_worker`` (one process per site).
+
+    A child process, not multiprocessing: spawning would re-run the caller's ``__main__`` and
+    forking a process with Arrow's and SQLite's threads can deadlock. The last site is computed
+    here meanwhile. Sections travel as JSON (floats as their shortest repr, so exactly).
+    """
+    url = store.engine.url.render_as_string(hide_password=False)
+    workers = max(2, min(workers or os.cpu_count() or 1, len(sites)))
+
+    def child(name: str) -> dict[str, Any] | None:
+        payload = {
+            "url": url,
+            "ko_id": ko_id,
+            "version": version,
+            "function": function.model_dump(mode="json"),
+            "site": name,
+            "since_us": since_us,
+        }
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "kgrid_py.learning.monitor_worker"],
+                input=json.dumps(payload).encode(),
+                capture_output=True,
+                timeout=_WORKER_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise MonitorError(f"site {name!r}: the monitor worker failed: {exc}") from exc
+        if done.returncode != 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+            raise MonitorError(f"site {name!r}: the monitor worker failed: {lines[-1]}")
+        result: dict[str, Any] | None = json.loads(done.stdout)
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, workers - 1), thread_name_prefix="kgrid-monitor") as pool:
+        pending = [pool.submit(child, name) for name in sites[:-1]]
+        last = site_section(store, ko_id, version, function, sites[-1], since_us)
+        if last is not None:  # the same JSON round trip as the others, so every section has one form
+            last = json.loads(json.dumps(last))
+        sections = [p.result() for p in pending] + [last]
+    return [s for s in sections if s is not None]
 
 
 def _site_section(calls: pa.Table, spec: OutcomeSpec | None, outcomes: pa.Table | None, site: str) -> dict[str, Any]:
@@ -593,11 +726,18 @@ def _site_section(calls: pa.Table, spec: OutcomeSpec | None, outcomes: pa.Table 
         section["performance"].append(entry)
         section["_alerts"].extend(alerts_of(spec, entry, site, None))
         return section
+    # Ĝ (the censoring distribution) depends only on the times: once per site, not per horizon.
+    censoring = censoring_survival(linked["time"], linked["cause"] == 1) if spec.kind == "time-to-event" else None
     for horizon in spec.horizons:
         risk = linked["predicted"][horizon.output]
         if spec.kind == "time-to-event":
             perf = time_to_event_metrics(
-                linked["time"], linked["cause"], risk, float(horizon.days), competing=spec.competing_event is not None
+                linked["time"],
+                linked["cause"],
+                risk,
+                float(horizon.days),
+                competing=spec.competing_event is not None,
+                censoring=censoring,
             )
         else:
             time, cause = linked["time"], linked["cause"]
@@ -611,26 +751,43 @@ def _site_section(calls: pa.Table, spec: OutcomeSpec | None, outcomes: pa.Table 
     return section
 
 
+def _first_of_each(codes: np.ndarray) -> np.ndarray:
+    """Positions (ascending) where each code first appears.
+
+    Arrow numbers a dictionary in order of first appearance, so a first appearance is a code above
+    every code before it (O(n)); for codes numbered otherwise, a stable sort finds them.
+    """
+    if codes.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.flatnonzero(codes > np.concatenate([[-1], np.maximum.accumulate(codes)[:-1]]))
+    if np.array_equal(codes[first], np.arange(first.size)) and first.size == int(codes.max()) + 1:
+        return first
+    order = np.argsort(codes, kind="stable")
+    return np.sort(order[np.flatnonzero(np.diff(codes[order], prepend=-1))])
+
+
 def link_outcomes(
     calls: pa.Table, outputs: pa.Table, spec: OutcomeSpec, outcomes: pa.Table, site: str
 ) -> dict[str, Any]:
-    """Index calls joined to their subject's combined outcome: times, causes and predictions as arrays."""
+    """Index calls joined to their subject's combined outcome: times, causes and predictions as arrays.
+
+    ``calls`` are in time order; ``outcomes`` has one row per (site, subject), as
+    :func:`combined_outcomes` makes them. The linked rows come in call order (so every sum, and
+    every reported digit, is the same from run to run).
+    """
     keys = calls.column("subject_key")
-    table = pa.table(
-        {
-            "subject_key": keys,
-            "ts_us": calls.column("ts_us"),
-            "row": pa.array(np.arange(calls.num_rows)),
-        }
-    ).filter(pc.is_valid(keys))
-    # first call per subject: the table is ordered by time already, so the minimum row is the first
-    first = table.group_by("subject_key").aggregate([("row", "min")]).rename_columns(["subject_key", "row"])
-    index_calls = first.num_rows
+    keyed = np.flatnonzero(pc.is_valid(keys).to_numpy(zero_copy_only=False))
+    # First call per subject without a hash group-by and a sort: dictionary encoding numbers the
+    # keys in order of first appearance, so a row is its subject's first where its code exceeds
+    # every code before it.
+    encoded = pc.dictionary_encode(keys.filter(pc.is_valid(keys)).combine_chunks())
+    first_rows = keyed[_first_of_each(encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))]
+    index_calls = int(first_rows.size)
     site_rows = outcomes.filter(pc.equal(outcomes.column("site"), site))
-    # Arrow's group-by and join are multi-threaded: their row order varies, so order by the call
-    # to make every sum (and so every reported digit) the same from run to run.
-    joined = first.join(site_rows, "subject_key", join_type="inner").sort_by("row")
-    rows = joined.column("row").to_numpy()
+    found = pc.index_in(keys.take(pa.array(first_rows)), value_set=site_rows.column("subject_key"))
+    matched = pc.is_valid(found).to_numpy(zero_copy_only=False)
+    rows = first_rows[matched]
+    joined = site_rows.take(found.filter(pa.array(matched)))
     call_day = (calls.column("ts_us").to_numpy()[rows] // _DAY_US).astype(np.float64)
     event = pc.fill_null(joined.column("event"), 0).to_numpy(zero_copy_only=False) == 1
     competing = pc.fill_null(joined.column("competing_event"), 0).to_numpy(zero_copy_only=False) == 1
