@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit, logit
-from scipy.stats import rankdata
 
 __all__ = [
     "INSUFFICIENT",
@@ -138,6 +137,8 @@ def logistic_fit(
 
 def auc(y: ArrayLike, score: ArrayLike) -> float:
     """Area under the ROC curve (Mann-Whitney, ties count one half), O(n log n)."""
+    from scipy.stats import rankdata  # here, not at the top: scipy.stats costs ~1 s to import (monitor workers)
+
     y = np.asarray(y, dtype=bool)
     ranks = rankdata(np.asarray(score, dtype=np.float64))
     n1 = int(y.sum())
