@@ -177,8 +177,18 @@ def _capture(settings: Settings, metrics_: Metrics) -> Capture | None:
         return None
     store = CaptureStore.open(settings.capture)
     keyer = SubjectKeyer.resolve(settings.subject_secret_file)
+
+    def committed(records: int) -> None:
+        metrics_.capture_commits.inc()
+        metrics_.capture_records.inc(records)
+
     return Capture(
-        store, site=settings.site, keyer=keyer, policy=settings.capture_policy, on_lost=metrics_.capture_lost.inc
+        store,
+        site=settings.site,
+        keyer=keyer,
+        policy=settings.capture_policy,
+        on_lost=metrics_.capture_lost.inc,
+        on_commit=committed,
     )
 
 

@@ -94,8 +94,9 @@ class CaptureWriter:
     cross-thread wake-up is a write to the loop's self-pipe and a turn of the loop.
     """
 
-    def __init__(self, store: CaptureStore) -> None:
+    def __init__(self, store: CaptureStore, on_commit: Callable[[int], None] | None = None) -> None:
         self.store = store
+        self.on_commit = on_commit  # told each commit's record count, on the writer thread
         self._queue: list[tuple[Build, int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
         self._queued = 0
         self._lock = threading.Lock()
@@ -149,6 +150,8 @@ class CaptureWriter:
                 if rows:
                     self.store.write_rows(rows)
                     self.commits += 1
+                    if self.on_commit is not None:
+                        self.on_commit(len(rows))
             except Exception as exc:  # every waiter learns of it; none is told "committed"
                 failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
             for future, loop in built:
@@ -179,14 +182,21 @@ class Capture:
     """The activator's capture: site, subject keyer, policy, writer; built in the lifespan."""
 
     def __init__(
-        self, store: CaptureStore, *, site: str, keyer: SubjectKeyer | None, policy: str, on_lost: Callable[[int], None]
+        self,
+        store: CaptureStore,
+        *,
+        site: str,
+        keyer: SubjectKeyer | None,
+        policy: str,
+        on_lost: Callable[[int], None],
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"capture policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.site = site
         self.keyer = keyer
         self.policy = policy
-        self.writer = CaptureWriter(store)
+        self.writer = CaptureWriter(store, on_commit)
         self.on_lost = on_lost
         if keyer is None:
             log.warning(

@@ -110,6 +110,13 @@ class Metrics:
             "Call records not stored (capture policy best-effort, store unavailable)",
             registry=self.registry,
         )
+        # Records over commits is the group commit's group size: what each record's share of a commit costs.
+        self.capture_commits = Counter(
+            "kgrid_capture_commits", "Group commits of call records to the capture store", registry=self.registry
+        )
+        self.capture_records = Counter(
+            "kgrid_capture_records", "Call records committed to the capture store", registry=self.registry
+        )
         self._call_children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any, Any]] = {}
         self._http_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 

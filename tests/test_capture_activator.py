@@ -42,8 +42,15 @@ def test_each_route_records_its_calls(tmp_path: Path, capture_url: str, secret_f
         bad = httpx.post(f"{server.url}/endpoints/demo-bmi/bmi", json={**GOOD, "weight": -3})
         batch = httpx.post(f"{server.url}/demo-bmi/1.0.0/bmi", json=[GOOD, {**GOOD, "height": "x"}])
         refused_subject = httpx.post(f"{server.url}/endpoints/demo-bmi/bmi", json=[GOOD], headers={"X-Subject-Id": "p"})
+        metrics = httpx.get(f"{server.url}/metrics").text
     finally:
         server.stop()
+    counted = dict(
+        line.split(" ", 1) for line in metrics.splitlines() if line.startswith("kgrid_capture_") and "_total " in line
+    )
+    # Each request's records are committed before it is answered: 5 records, in 1 to 4 group commits.
+    assert float(counted["kgrid_capture_records_total"]) == 5
+    assert 1 <= float(counted["kgrid_capture_commits_total"]) <= 4
     assert (v1.status_code, v2.status_code, bad.status_code, batch.status_code) == (200, 200, 422, 200)
     assert refused_subject.status_code == 400
     rows = CaptureStore.open(capture_url).calls_table().to_pylist()

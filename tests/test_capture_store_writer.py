@@ -8,6 +8,7 @@ or counted twice. On SQLite a failed group (a unique-key clash) commits none of 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -65,3 +66,19 @@ def test_a_group_that_cannot_be_committed_leaves_no_row_and_the_next_one_commits
         assert _count(store) == 3
         store.write_rows(_rows(1_700_000_300_000_000, 2))
         assert _count(store) == 5
+
+
+@pytest.mark.parametrize(("query", "level"), [("", 1), ("?synchronous=normal", 1), ("?synchronous=full", 2)])
+def test_sqlite_durability_is_normal_unless_the_url_asks_for_full(tmp_path: Path, query: str, level: int) -> None:
+    # 1 = NORMAL (a commit survives kill -9), 2 = FULL (and a power loss: an fsync per commit).
+    with CaptureStore.open(f"sqlite:///{tmp_path / 'c.sqlite3'}{query}") as store:
+        store.write_rows(_rows(1_700_000_000_000_000, 2))
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar_one() == level
+        assert store._rows_conn.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert _count(store) == 2
+
+
+def test_an_unknown_durability_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="synchronous='off'"):
+        CaptureStore.open(f"sqlite:///{tmp_path / 'c.sqlite3'}?synchronous=off")
