@@ -240,21 +240,21 @@ def _sqlite_calls(
 def _sqlite_chunk(
     rows: list[tuple[Any, ...]], site: str, out_schema: pa.Schema, in_schema: pa.Schema
 ) -> pa.Table | None:
-    columns = list(zip(*rows, strict=True)) if rows else [()] * (4 + bool(len(out_schema)) + bool(len(in_schema)))
-    n = len(rows)
+    # The rows go to Arrow as they came (tuples into a struct array, converted in C++): no Python
+    # transposition into columns, and the JSON texts never become one Python string.
+    fields = [("ts_us", pa.int64()), ("subject_key", pa.string()), ("status", pa.int8()), ("warned", pa.int8())]
+    texts = [(prefix, schema) for prefix, schema in (("out:", out_schema), ("in:", in_schema)) if len(schema)]
+    fields += [(f"{prefix}json", pa.string()) for prefix, _ in texts]
+    columns = pa.array(rows, type=pa.struct(fields)).flatten()
     table: dict[str, pa.Array] = {
-        "ts_us": pa.array(columns[0], type=pa.int64()),
-        "site": pa.repeat(pa.scalar(site, pa.string()), n),
-        "subject_key": pa.array(columns[1], type=pa.string()),
-        "status": pa.array(columns[2], type=pa.int8()),
-        "warned": pa.array(columns[3], type=pa.int8()),
+        "ts_us": columns[0],
+        "site": pa.repeat(pa.scalar(site, pa.string()), len(rows)),
+        "subject_key": columns[1],
+        "status": columns[2],
+        "warned": columns[3],
     }
-    at = 4
-    for prefix, schema in (("out:", out_schema), ("in:", in_schema)):
-        if not len(schema):
-            continue
+    for at, (prefix, schema) in enumerate(texts, start=4):
         members = json_objects(columns[at], schema)
-        at += 1
         if members is None:
             return None
         for name in schema.names:
@@ -262,32 +262,36 @@ def _sqlite_chunk(
     return pa.table(table)
 
 
-def json_objects(texts: Sequence[str], schema: pa.Schema) -> pa.Table | None:
+def json_objects(texts: Sequence[str] | pa.Array, schema: pa.Schema) -> pa.Table | None:
     """The members ``schema`` names of one JSON object per text, parsed by Arrow; None if not so readable.
 
     None when a text is not a JSON object, a member has another JSON type than ``schema`` says, or
-    the texts cannot be laid one per line (a text holding a line break, or an empty one): the caller
-    then uses a slower reader with its own rules. Floats are parsed exactly (shortest round trip).
+    the texts cannot be laid one per line (a text holding a line break, or an empty or null one):
+    the caller then uses a slower reader with its own rules. Floats are parsed exactly (shortest
+    round trip).
     """
-    if not texts:
+    column = texts.cast(pa.string()) if isinstance(texts, pa.Array) else pa.array(texts, type=pa.string())
+    if len(column) == 0:
         return pa.table({f.name: pa.array([], type=f.type) for f in schema})
-    payload = "\n".join(texts)
     if (
-        payload.count("\n") != len(texts) - 1
-        or "\r" in payload
-        or "\n\n" in payload
-        or payload.startswith("\n")
-        or payload.endswith("\n")
+        column.null_count
+        or pc.any(pc.equal(pc.binary_length(column), 0)).as_py()
+        or pc.any(pc.match_substring(column, "\n")).as_py()
+        or pc.any(pc.match_substring(column, "\r")).as_py()
     ):
         return None
+    # Each text followed by a line break: the joined array's data buffer is the NDJSON payload.
+    lines = pc.binary_join_element_wise(column, "", "\n")
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    payload = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         table = pajson.read_json(
-            io.BytesIO(payload.encode()), read_options=pajson.ReadOptions(block_size=1 << 24), parse_options=options
+            pa.BufferReader(payload), read_options=pajson.ReadOptions(block_size=1 << 24), parse_options=options
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
-    if table.num_rows != len(texts):
+    if table.num_rows != len(column):
         return None
     return table.select(schema.names).combine_chunks()
 
@@ -353,9 +357,34 @@ def _fetch_table(
 
     Not through a second SQLite library (ADBC): two SQLite copies in one process on one file
     release each other's POSIX locks, which the SQLite authors list as a way to corrupt a database.
+    Each fetched chunk of rows goes to Arrow as it came (tuples into a struct array, in C++); a
+    chunk holding a value of another type goes column by column, where :func:`_array` drops it.
     """
-    columns = _fetch_columns(store, sql, params, len(names), what)
-    return pa.table({n: _array(v, t) for n, v, t in zip(names, columns, types, strict=True)})
+    row_type = pa.struct(list(zip(names, types, strict=True)))
+    chunks: list[pa.Table] = []
+    try:
+        with store.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                cursor.execute(sql, tuple(params))
+                while part := cursor.fetchmany(65_536):
+                    chunks.append(_rows_table(part, row_type, names, types))
+            finally:
+                cursor.close()
+            conn.rollback()
+    except Exception as exc:
+        raise StoreError(f"capture store {store.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
+    if not chunks:
+        return pa.table({n: pa.array([], type=t) for n, t in zip(names, types, strict=True)})
+    return pa.concat_tables(chunks).combine_chunks()
+
+
+def _rows_table(rows: list[Any], row_type: pa.StructType, names: list[str], types: list[pa.DataType]) -> pa.Table:
+    try:
+        return pa.Table.from_struct_array(pa.array(rows, type=row_type))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        columns = list(zip(*rows, strict=True))
+        return pa.table({n: _array(list(v), t) for n, v, t in zip(names, columns, types, strict=True)})
 
 
 def _array(values: list[Any], kind: pa.DataType) -> pa.Array:
@@ -364,25 +393,6 @@ def _array(values: list[Any], kind: pa.DataType) -> pa.Array:
     except (pa.ArrowInvalid, pa.ArrowTypeError):  # a stray value of another JSON type: absent, not a guess
         good = [v if isinstance(v, str if kind == pa.string() else (int, float)) else None for v in values]
         return pa.array(good, type=kind)
-
-
-def _fetch_columns(store: CaptureStore, sql: str, params: list[Any], width: int, what: str) -> list[list[Any]]:
-    """Run ``sql`` through the driver's own cursor and return its result column by column."""
-    chunks: list[list[Any]] = [[] for _ in range(width)]
-    try:
-        with store.engine.connect() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()
-            try:
-                cursor.execute(sql, tuple(params))
-                while part := cursor.fetchmany(65_536):
-                    for target, values in zip(chunks, zip(*part, strict=True), strict=True):
-                        target.extend(values)
-            finally:
-                cursor.close()
-            conn.rollback()
-    except Exception as exc:
-        raise StoreError(f"capture store {store.url}: {what} failed: {type(exc).__name__}: {exc}") from exc
-    return chunks
 
 
 def _prefixed(table: pa.Table, prefix: str) -> pa.Table:

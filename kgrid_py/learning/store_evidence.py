@@ -9,6 +9,7 @@ the KO returned at the time (the stored outputs), which are what its graph compu
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,17 @@ def evidence_from_store(
     spec = ko.function(function)
     if spec.outcome is None:
         raise RecalibrationError(f"{ko.ref} {function} declares no outcome: its calls cannot be linked")
-    # Successful calls only, their outcome outputs extracted as numbers (monitor's fast reader).
-    ok_calls = calls_numbers(store, ko.id, ko.version, spec, site=site, ok_only=True, with_inputs=False)
+    # Successful calls only, their outcome outputs extracted as numbers (monitor's fast reader);
+    # the outcomes on a second connection meanwhile, as monitor reads them (SQLite steps rows
+    # without the GIL, so the two reads overlap a little).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgrid-outcomes") as pool:
+        pending = pool.submit(outcomes_table, store, spec.outcome.name, site, outcome_columns(spec.outcome))
+        ok_calls = calls_numbers(store, ko.id, ko.version, spec, site=site, ok_only=True, with_inputs=False)
+        outcome_rows = pending.result()
     if ok_calls.num_rows == 0:
         raise NoLinkedCalls(f"{store!r} holds no call of {ko.ref} {function} at site {site!r} that succeeded")
     outputs = pa.table({o: ok_calls.column(f"out:{o}") for o in outcome_outputs(spec.outcome)})
-    outcomes = combined_outcomes(outcomes_table(store, spec.outcome.name, site, outcome_columns(spec.outcome)))
+    outcomes = combined_outcomes(outcome_rows)
     linked = link_outcomes(ok_calls, outputs, spec.outcome, outcomes, site)
     n = len(linked["time"])
     if n == 0:
