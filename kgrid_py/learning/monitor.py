@@ -98,7 +98,8 @@ def outcomes_table(
             selects.append(f"({name}::date - DATE '1970-01-01')")
         else:
             selects.append(f"CAST(julianday({name}) - 2440587.5 AS INTEGER)")
-    sql = f"SELECT {', '.join(selects)} FROM outcomes WHERE outcome = {mark}"
+    scan = not postgres and site is not None and _site_is_most_of_outcomes(store, site)
+    sql = f"SELECT {', '.join(selects)} FROM outcomes{' NOT INDEXED' if scan else ''} WHERE outcome = {mark}"
     params: list[Any] = [outcome]
     if site is not None:
         sql += f" AND site = {mark}"
@@ -109,6 +110,20 @@ def outcomes_table(
     if site is not None:
         table = table.add_column(0, "site", pa.repeat(pa.scalar(site, pa.string()), table.num_rows))
     return table
+
+
+def _site_is_most_of_outcomes(store: CaptureStore, site: str) -> bool:
+    """Whether one site holds at least a quarter of the SQLite outcomes table's rows.
+
+    SQLite reads a site's outcomes through the (site, subject, ...) index, so it visits the table
+    in subject-key order, a random page per row; when the site is a large share of the table, a
+    scan in storage order is cheaper (500,000 of 1,000,000 rows: 1.7 s CPU against 3.6 s). The
+    rows' order does not matter: they are grouped per subject. ``max(rowid)`` bounds the count.
+    """
+    sql_site = "SELECT count(*) FROM outcomes WHERE site = ?"
+    ((rows,),) = _fetch_rows(store, sql_site, [site], "counting outcomes")
+    ((top,),) = _fetch_rows(store, "SELECT max(rowid) FROM outcomes", [], "counting outcomes")
+    return bool(top) and rows * 4 >= top
 
 
 def outcome_columns(spec: OutcomeSpec) -> tuple[str, ...]:
@@ -273,17 +288,16 @@ def json_objects(texts: Sequence[str] | pa.Array, schema: pa.Schema) -> pa.Table
     column = texts.cast(pa.string()) if isinstance(texts, pa.Array) else pa.array(texts, type=pa.string())
     if len(column) == 0:
         return pa.table({f.name: pa.array([], type=f.type) for f in schema})
-    if (
-        column.null_count
-        or pc.any(pc.equal(pc.binary_length(column), 0)).as_py()
-        or pc.any(pc.match_substring(column, "\n")).as_py()
-        or pc.any(pc.match_substring(column, "\r")).as_py()
-    ):
+    if column.null_count or np.any(np.diff(_offsets(column)) == 0):
         return None
-    # Each text followed by a line break: the joined array's data buffer is the NDJSON payload.
+    # Each text followed by a line break: the joined array's data buffer is the NDJSON payload,
+    # whose bytes show at once whether some text held a line break of its own.
     lines = pc.binary_join_element_wise(column, "", "\n")
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset : lines.offset + len(lines) + 1]
+    offsets = _offsets(lines)
     payload = lines.buffers()[2].slice(int(offsets[0]), int(offsets[-1] - offsets[0]))
+    raw = np.frombuffer(payload, dtype=np.uint8)
+    if np.count_nonzero(raw == 10) != len(column) or np.any(raw == 13):
+        return None
     options = pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:
         table = pajson.read_json(
@@ -294,6 +308,11 @@ def json_objects(texts: Sequence[str] | pa.Array, schema: pa.Schema) -> pa.Table
     if table.num_rows != len(column):
         return None
     return table.select(schema.names).combine_chunks()
+
+
+def _offsets(strings: pa.Array) -> np.ndarray:
+    """A string array's value offsets (int32), without a copy."""
+    return np.frombuffer(strings.buffers()[1], dtype=np.int32)[strings.offset : strings.offset + len(strings) + 1]
 
 
 def _sql_extracted_calls(
