@@ -9,10 +9,10 @@ reported with the median block's figure beside it): calls without capture; with
 event is queued); and amortised, timed until every record is committed (``flush``), so the
 writer thread's work (JSON, HMAC, ids, inserts) is counted too. Bytes per call: the store's size
 (database + WAL, indexes included) over the calls stored. Activator: ``kgrid serve`` (1 worker,
-vectors not re-run) with and without ``--capture`` on SQLite, wrk (1 thread, 32 connections)
-POSTing the same KFRE body to ``/endpoints/kfre/four-variable``; with capture on twice: the store
-on disk (every group commit waits for an fsync, ``synchronous=FULL``) and on tmpfs (``/dev/shm``,
-where fsync costs nothing: what remains is the CPU work of capture). The load average is printed,
+vectors not re-run) with and without ``--capture`` on SQLite, wrk (1 thread, 32 connections, then
+1) POSTing the same KFRE body to ``/endpoints/kfre/four-variable``; with capture on twice: the
+default ``synchronous=normal`` (a tick's records committed on the event loop, no fsync) and
+``?synchronous=full`` (every group commit waits for an fsync, on the writer thread). The load average is printed,
 since a shared machine changes every number; so are CPU times (the library process's, all threads;
 the server's, from /proc), which other processes' load changes far less than wall time.
 """
@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -148,20 +149,23 @@ def _tree_cpu_s(pid: int) -> float:
     return sum(times.get(p, 0.0) for p in tree)
 
 
-def _wrk(url: str, duration: int, lua: Path) -> tuple[float, float]:
-    """Requests/s and p99 latency (ms) from wrk --latency."""
+def _wrk(url: str, duration: int, lua: Path, connections: int = 32) -> tuple[float, float, float]:
+    """Requests/s, p50 and p99 latency (ms) from wrk --latency."""
     out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "-s", str(lua), url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(lua), url],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    value, unit = re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
-    p99 = float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors:\n{out}")
-    return rps, p99
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def percentile(label: str) -> float:
+        value, unit = re.search(label + r"\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    return rps, percentile("50%"), percentile("99%")
 
 
 def activator(duration: int) -> None:
@@ -171,34 +175,33 @@ def activator(duration: int) -> None:
         lua = Path(tmp) / "post.lua"
         body = json.dumps(KFRE)
         lua.write_text(f"wrk.method = 'POST'\nwrk.body = '{body}'\nwrk.headers['Content-Type'] = 'application/json'\n")
-        results = {}
-        shm = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else None
-        configs = [("off", []), ("on, disk", ["--capture", f"sqlite:///{Path(tmp) / 'c.sqlite3'}"])]
-        if shm is not None:
-            configs.append(("on, tmpfs", ["--capture", f"sqlite:///{shm / 'c.sqlite3'}"]))
-        try:
-            for label, extra in configs:
-                results[label] = _serve_and_load(extra, duration, lua)
-        finally:
-            if shm is not None:
-                for item in shm.iterdir():
-                    item.unlink()
-                shm.rmdir()
-        off_rps, off_p99, off_cpu = results["off"]
+        configs = [
+            ("off", []),
+            ("on, synchronous=normal (default)", ["--capture", f"sqlite:///{Path(tmp) / 'n.sqlite3'}"]),
+            ("on, synchronous=full", ["--capture", f"sqlite:///{Path(tmp) / 'f.sqlite3'}?synchronous=full"]),
+        ]
+        results = {label: _serve_and_load(extra, duration, lua) for label, extra in configs}
+        off = results["off"]
         print(
-            f"activator KFRE, c=32, {duration} s each: capture off {off_rps:.0f} req/s p99 {off_p99:.1f} ms, "
-            f"server CPU {off_cpu:.0f} us/request"
+            f"activator KFRE, {duration} s each; capture off: "
+            f"c=32 {off['c32'][0]:.0f} req/s p99 {off['c32'][2]:.1f} ms, "
+            f"server CPU {off['cpu']:.0f} us/request; c=1 {off['c1'][0]:.0f} req/s, p50 {off['c1'][1]:.2f} ms, "
+            f"p99 {off['c1'][2]:.2f} ms"
         )
-        for label, (rps, p99, cpu) in results.items():
-            if label != "off":
-                print(
-                    f"  capture {label}: {rps:.0f} req/s p99 {p99:.1f} ms: {rps / off_rps:.2f}x throughput, "
-                    f"p99 {p99 - off_p99:+.1f} ms, server CPU {cpu:.0f} us/request ({cpu - off_cpu:+.0f})"
-                )
+        for label, got in results.items():
+            if label == "off":
+                continue
+            print(
+                f"  capture {label}: c=32 {got['c32'][0]:.0f} req/s ({got['c32'][0] / off['c32'][0]:.2f}x), "
+                f"p99 {got['c32'][2]:.1f} ms ({got['c32'][2] - off['c32'][2]:+.1f}); server CPU {got['cpu']:.0f} "
+                f"us/request ({got['cpu'] - off['cpu']:+.0f}); c=1 {got['c1'][0]:.0f} req/s, "
+                f"p50 {got['c1'][1]:.2f} ms ({got['c1'][1] - off['c1'][1]:+.2f}), "
+                f"p99 {got['c1'][2]:.2f} ms ({got['c1'][2] - off['c1'][2]:+.2f})"
+            )
 
 
-def _serve_and_load(extra: list[str], duration: int, lua: Path) -> tuple[float, float, float]:
-    """Requests/s, p99 ms and the server's CPU µs per request for one ``kgrid serve`` configuration."""
+def _serve_and_load(extra: list[str], duration: int, lua: Path) -> dict[str, Any]:
+    """wrk at c=32 (with the server's CPU µs per request) and at c=1, for one ``kgrid serve`` configuration."""
     port = _free_port()
     args = ["serve", str(SHELF), "--port", str(port), "--workers", "1"]
     args += ["--no-watch", "--no-access-log", "--no-verify-vectors", "--site", "bench", *extra]
@@ -215,9 +218,10 @@ def _serve_and_load(extra: list[str], duration: int, lua: Path) -> tuple[float, 
         url = f"{base}/endpoints/kfre/four-variable"
         _wrk(url, 2, lua)  # warm up
         cpu = _tree_cpu_s(server.pid)
-        rps, p99 = _wrk(url, duration, lua)
+        c32 = _wrk(url, duration, lua)
         cpu = _tree_cpu_s(server.pid) - cpu
-        return rps, p99, cpu / (rps * duration) * 1e6
+        c1 = _wrk(url, duration, lua, connections=1)
+        return {"c32": c32, "c1": c1, "cpu": cpu / (c32[0] * duration) * 1e6}
     finally:
         server.terminate()
         server.wait(timeout=30)
