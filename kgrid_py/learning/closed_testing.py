@@ -145,13 +145,19 @@ def bootstrap_optimism(
     """
     if resamples < 1:
         raise RecalibrationError("the bootstrap needs at least one resample")
+    # Rows in time order once: every fit sorts by time, and sorting sorted rows is linear. A
+    # resample is then laid out in time order from its row counts (np.repeat), never sorted.
+    order = np.argsort(evidence.time, kind="stable")
+    evidence = evidence.take(order)
     fitted = _procedure(evidence, method, alpha)
     apparent = performance(evidence, fitted)
     rng = np.random.default_rng(seed)
     diffs: dict[str, list[float]] = {k: [] for k in apparent}
     skipped = 0
+    everyone = np.arange(evidence.n)
     for _ in range(resamples):
-        sample = evidence.take(rng.integers(0, evidence.n, evidence.n))
+        drawn = np.bincount(rng.integers(0, evidence.n, evidence.n), minlength=evidence.n)
+        sample = evidence.take(np.repeat(everyone, drawn))
         try:
             refit = _procedure(sample, method, alpha)
             own, original = performance(sample, refit), performance(evidence, refit)

@@ -31,7 +31,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import expit
 
 from kgrid_py.errors import KgridError
 
@@ -206,17 +205,22 @@ def logistic_sums(
     ``intercept``: η = a + o, θ = (a,); ``slope``: η = a + b·o, θ = (a, b). A sum over patients, so
     sites may each send theirs and the coordinator adds them (pooled Newton, exactly).
     """
+    eta = theta[0] + offset if method == "intercept" else theta[0] + theta[1] * offset
+    # One exp for both p and log(1 + e^η) = max(η, 0) + log(1 + e^-|η|), which never overflows
+    # (a diverging, separated fit). log(1 + t) rather than log1p(t): an absolute error under 3e-16
+    # per row, below the sum's own rounding, at a quarter of log1p's cost on 100,000 rows.
+    tail = np.exp(-np.abs(eta))
+    p = np.where(eta >= 0.0, 1.0, tail) / (1.0 + tail)
+    loglik = float(np.dot(y, eta) - np.sum(np.maximum(eta, 0.0)) - np.sum(np.log(1.0 + tail)))
+    residual = y - p
+    weight = p * (1.0 - p)
+    # The sums written out, not a design matrix: no 2 x n copies on a fit's every step.
     if method == "intercept":
-        eta = theta[0] + offset
-        x = np.ones((1, len(offset)))
-    else:
-        eta = theta[0] + theta[1] * offset
-        x = np.vstack([np.ones(len(offset)), offset])
-    p = expit(eta)  # no overflow warning for a diverging (separated) fit
-    loglik = float(np.sum(y * eta - np.logaddexp(0.0, eta)))
-    gradient = x @ (y - p)
-    hessian = -(x * (p * (1.0 - p))) @ x.T
-    return loglik, gradient, hessian
+        return loglik, np.array([residual.sum()]), np.array([[-weight.sum()]])
+    wo = weight * offset
+    cross = -float(wo.sum())
+    hessian = np.array([[-float(weight.sum()), cross], [cross, -float(np.dot(wo, offset))]])
+    return loglik, np.array([float(residual.sum()), float(np.dot(residual, offset))]), hessian
 
 
 def newton(
@@ -277,20 +281,63 @@ class CoxSums:
     event_x: NDArray[np.float64]  # Σ x over the events at each time
 
 
-def cox_sums(time: NDArray[np.float64], event: NDArray[np.bool_], x: NDArray[np.float64], b: float) -> CoxSums:
-    """Risk-set sums S_r(t) = Σ_{T_j >= t} x_j^r e^{b x_j} at each distinct event time (Breslow ties)."""
+@dataclass(frozen=True)
+class _RiskSets:
+    """One stratum sorted by time once, for the risk-set sums at any slope (a Newton fit's every step)."""
+
+    xs: NDArray[np.float64]  # x in time order
+    first: NDArray[np.int64]  # the first row of each distinct time
+    times: NDArray[np.float64]  # the distinct times
+    deaths: NDArray[np.float64]  # events at each distinct time
+    event_x: NDArray[np.float64]  # Σ x over the events at each distinct time
+    keep: NDArray[np.bool_]  # distinct times with an event
+
+
+def _risk_sets(time: NDArray[np.float64], event: NDArray[np.bool_], x: NDArray[np.float64]) -> _RiskSets:
     order = np.argsort(time, kind="stable")
     t, e, xs = time[order], event[order], x[order]
+    if not len(t):
+        empty = np.zeros(0)
+        return _RiskSets(xs, np.zeros(0, dtype=np.int64), empty, empty, empty, np.zeros(0, dtype=bool))
+    starts = np.flatnonzero(np.concatenate([[True], t[1:] != t[:-1]]))  # t is sorted: runs, not np.unique
+    deaths = np.add.reduceat(e.astype(np.float64), starts)
+    event_x = np.add.reduceat(np.where(e, xs, 0.0), starts)
+    return _RiskSets(xs, starts, t[starts], deaths, event_x, deaths > 0)
+
+
+def _sums_at(sets: _RiskSets, b: float) -> CoxSums:
+    xs, keep = sets.xs, sets.keep
     w = np.exp(b * xs)
     # Reverse cumulative sums: the risk set at t is every row with T >= t.
     r0 = np.cumsum(w[::-1])[::-1]
     r1 = np.cumsum((xs * w)[::-1])[::-1]
     r2 = np.cumsum((xs * xs * w)[::-1])[::-1]
-    unique, first = np.unique(t, return_index=True)
-    deaths = np.add.reduceat(e.astype(np.float64), first) if len(t) else np.zeros(0)
-    event_x = np.add.reduceat(np.where(e, xs, 0.0), first) if len(t) else np.zeros(0)
-    keep = deaths > 0
-    return CoxSums(unique[keep], deaths[keep], r0[first][keep], r1[first][keep], r2[first][keep], event_x[keep])
+    at = sets.first[keep]
+    return CoxSums(sets.times[keep], sets.deaths[keep], r0[at], r1[at], r2[at], sets.event_x[keep])
+
+
+def cox_sums(time: NDArray[np.float64], event: NDArray[np.bool_], x: NDArray[np.float64], b: float) -> CoxSums:
+    """Risk-set sums S_r(t) = Σ_{T_j >= t} x_j^r e^{b x_j} at each distinct event time (Breslow ties)."""
+    return _sums_at(_risk_sets(time, event, x), b)
+
+
+def _strata(
+    time: NDArray[np.float64], event: NDArray[np.bool_], x: NDArray[np.float64], strata: NDArray[np.str_]
+) -> list[_RiskSets]:
+    if len(strata) and np.all(strata == strata[0]):  # one stratum: no copies
+        return [_risk_sets(time, event, x)]
+    return [_risk_sets(time[rows], event[rows], x[rows]) for rows in (strata == s for s in np.unique(strata))]
+
+
+def _partial(sets: list[_RiskSets], b: float) -> tuple[float, float, float]:
+    loglik = score = information = 0.0
+    for stratum in sets:
+        sums = _sums_at(stratum, b)
+        mean = sums.s1 / sums.s0
+        loglik += float(np.sum(b * sums.event_x - sums.deaths * np.log(sums.s0)))
+        score += float(np.sum(sums.event_x - sums.deaths * mean))
+        information += float(np.sum(sums.deaths * (sums.s2 / sums.s0 - mean * mean)))
+    return loglik, score, information
 
 
 def cox_partial(
@@ -301,24 +348,19 @@ def cox_partial(
     b: float,
 ) -> tuple[float, float, float]:
     """(ℓ, U, I) of the Cox partial likelihood in b, stratified (one risk set per stratum), Breslow ties."""
-    loglik = score = information = 0.0
-    for stratum in np.unique(strata):
-        rows = strata == stratum
-        sums = cox_sums(time[rows], event[rows], x[rows], b)
-        mean = sums.s1 / sums.s0
-        loglik += float(np.sum(b * sums.event_x - sums.deaths * np.log(sums.s0)))
-        score += float(np.sum(sums.event_x - sums.deaths * mean))
-        information += float(np.sum(sums.deaths * (sums.s2 / sums.s0 - mean * mean)))
-    return loglik, score, information
+    return _partial(_strata(time, event, x, strata), b)
 
 
 def fit_cox_slope(
     time: NDArray[np.float64], event: NDArray[np.bool_], x: NDArray[np.float64], strata: NDArray[np.str_]
 ) -> tuple[float, float, float, int]:
-    """Cox slope on x from b = 1: (b, Var b, ℓ at b, iterations); equals statsmodels PHReg (Breslow)."""
+    """Cox slope on x from b = 1: (b, Var b, ℓ at b, iterations); equals statsmodels PHReg (Breslow).
+
+    The rows are sorted once per stratum, not at every Newton step."""
+    sets = _strata(time, event, x, strata)
 
     def sums(theta: NDArray[np.float64]) -> tuple[float, NDArray[np.float64], NDArray[np.float64]]:
-        loglik, score, information = cox_partial(time, event, x, strata, float(theta[0]))
+        loglik, score, information = _partial(sets, float(theta[0]))
         return loglik, np.array([score]), np.array([[-information]])
 
     theta, loglik, hessian, iterations = newton(sums, np.array([1.0]), "Cox slope")
