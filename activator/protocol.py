@@ -182,26 +182,28 @@ if HttpToolsProtocol is not None:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            # Heads parsed and responses completed: a pipelined head can be parsed before the
-            # previous answer is sent, so one flag would not do.
-            self._heads = 0
-            self._answered = 0
+            # The parser's own state, as h11 keeps it: between messages, in a head, or past it (a
+            # body may still be arriving after an early answer such as a 413, and a pipelined
+            # head may be parsed before the previous answer is sent).
+            self._message_open = False
+            self._head_done = False
             self._head_bytes = 0
-
-        def _arm_header_timer(self) -> None:
-            self._head_bytes = 0
-            super()._arm_header_timer()
 
         def _awaiting_head(self) -> bool:
-            return self._heads <= self._answered
+            return not (self._message_open and self._head_done)
+
+        def on_message_begin(self) -> None:
+            self._message_open, self._head_done = True, False
+            super().on_message_begin()
 
         def on_headers_complete(self) -> None:
-            self._heads += 1
+            self._head_done = True
             super().on_headers_complete()
 
-        def on_response_complete(self) -> None:
-            self._answered += 1
-            super().on_response_complete()
+        def on_message_complete(self) -> None:
+            self._message_open = False
+            self._head_bytes = 0  # the next head is counted from here
+            super().on_message_complete()
 
         def data_received(self, data: bytes) -> None:
             if self._awaiting_head():
