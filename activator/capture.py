@@ -154,6 +154,8 @@ class CaptureWriter:
         rows: list[Row] = []
         built: list[tuple[list[Row], int, asyncio.Future[None]]] = []
         for build, count, future in group:
+            if future.done():  # cancelled (the client went away): not answered, so no record
+                continue
             try:
                 own = build()
             except Exception as exc:  # this request's record cannot be made: it alone is refused
@@ -204,6 +206,8 @@ class CaptureWriter:
             settle: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
             built = []
             for build, _, future, loop in group:
+                if future.done():  # its request timed out or went away: it was not answered, so no record
+                    continue
                 try:
                     rows.extend(build())
                     built.append((future, loop))

@@ -70,6 +70,7 @@ class _Guards:
         self.max_connections = settings.limit_concurrency
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
+        self._pending_refusal: tuple[int, str, str] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -91,6 +92,10 @@ class _Guards:
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        pending, self._pending_refusal = self._pending_refusal, None
+        if pending is not None and not self.transport.is_closing():
+            self._send_refusal(*pending)
+            return
         if not self.transport.is_closing():
             self._arm_header_timer()  # the next request's headers are due too
             self._headers_seen()  # unless a pipelined one was already waiting
@@ -118,6 +123,16 @@ class _Guards:
         self._refuse(400, "Bad Request", f"the request could not be parsed as HTTP/1.1 ({msg.rstrip('.')})")
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
+        """Answer ``status`` and close; while an earlier pipelined request is still being answered,
+        stop reading and answer after it, so its client gets its own answer first."""
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not cycle.response_complete and not self.transport.is_closing():
+            self._pending_refusal = (status, reason, detail)
+            self.flow.pause_reading()
+            return
+        self._send_refusal(status, reason, detail)
+
+    def _send_refusal(self, status: int, reason: str, detail: str) -> None:
         body = json.dumps(problem_body(status, detail)).encode()
         head = (
             f"HTTP/1.1 {status} {reason}\r\ncontent-type: {MEDIA_TYPE}\r\n"
@@ -209,7 +224,12 @@ if HttpToolsProtocol is not None:
             if self._awaiting_head():
                 self._head_bytes += len(data)  # an upper bound: the chunk may carry body bytes too
             super().data_received(data)
-            if self._awaiting_head() and self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+            if (
+                self._awaiting_head()
+                and self._head_bytes > MAX_HEAD_BYTES
+                and self._pending_refusal is None
+                and not self.transport.is_closing()
+            ):
                 _rate_limited(
                     "head-too-large",
                     logging.INFO,

@@ -91,3 +91,33 @@ def test_records_committed_on_the_loop_get_the_wal_checkpointed_by_the_thread(
         assert _count(store) == 36
     finally:
         writer.close()
+
+
+def test_a_request_refused_for_a_locked_store_leaves_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scaled down: a 0.3 s busy timeout, requests that wait 0.5 s. The writer must give its verdict
+    # within the requests' wait, so a refused request's record is never committed afterwards (a
+    # second try on SQLite would wait out the lock again and commit after the 503).
+    import kgrid_py.learning.store as store_module
+
+    monkeypatch.setattr(store_module, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    monkeypatch.setattr(capture_module, "COMMIT_WAIT_S", 0.5)
+    path = tmp_path / "c.sqlite3"
+    store, writer, _ = _writer(path, "?synchronous=full")  # the writer thread's path
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        asyncio.run(_commit_many(writer, 1, 1_600_000_000_000_000))  # the writer's connection is now kept
+        holder.execute("BEGIN IMMEDIATE")
+
+        async def main() -> None:
+            attempt = asyncio.ensure_future(_commit_many(writer, 1, 1_700_000_000_000_000))
+            await asyncio.sleep(0.55)
+            holder.execute("COMMIT")
+            with pytest.raises(capture_module.StoreError):
+                await attempt
+
+        asyncio.run(main())
+        time.sleep(0.5)  # whatever the writer would still do
+        assert _count(store) == 1  # the warm-up record only
+    finally:
+        holder.close()
+        writer.close()

@@ -201,8 +201,8 @@ class CaptureStore:
         """:meth:`write_calls` for rows already in ``COLUMNS`` order (the capture writers' path).
 
         One transaction on a driver connection kept for this (one writer at a time). A kept
-        connection found broken (a restarted PostgreSQL) is replaced and the group tried once more
-        on a fresh one; the primary key makes a second insert of committed rows fail, never count
+        PostgreSQL connection found broken (a restarted server) is replaced and the group tried
+        once more on a fresh one; the primary key makes a second insert of committed rows fail, never count
         twice. Raises :class:`StoreError` when the rows were not committed."""
         if not rows:
             return
@@ -217,7 +217,10 @@ class CaptureStore:
                     return
                 except Exception as exc:
                     self._drop_rows_conn()
-                    if fresh or attempt == 2:
+                    # Only a server's dropped session is worth a second try: a locked SQLite file
+                    # has already waited its busy timeout, and a second wait would outlast the
+                    # requests waiting for this commit.
+                    if fresh or attempt == 2 or self.engine.dialect.name == "sqlite":
                         raise StoreError(f"capture store {self.url}: write failed: {_cause(exc)}") from exc
 
     @property
