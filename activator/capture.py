@@ -156,11 +156,9 @@ class CaptureWriter:
         for build, count, future in group:
             if future.done():  # cancelled (the client went away): not answered, so no record
                 continue
-            try:
-                own = build()
-            except Exception as exc:  # this request's record cannot be made: it alone is refused
-                log.exception("capture: a call's record could not be built")
-                _settle([(future, StoreError(f"its record could not be built: {exc}"))])
+            own, error = _build(build)
+            if error is not None:
+                _settle([(future, error)])
                 continue
             rows.extend(own)
             built.append((own, count, future))
@@ -178,9 +176,7 @@ class CaptureWriter:
                 except StoreError as exc:
                     _settle([(future, exc)])
             return
-        self.commits += 1
-        if self.on_commit is not None:
-            self.on_commit(len(rows))
+        self._committed(len(rows))
         _settle([(future, None) for _, _, future in built])
         self._since_checkpoint += len(rows)
         if self._since_checkpoint >= CHECKPOINT_EVERY_RECORDS:
@@ -208,20 +204,17 @@ class CaptureWriter:
             for build, _, future, loop in group:
                 if future.done():  # its request timed out or went away: it was not answered, so no record
                     continue
-                try:
-                    rows.extend(build())
-                    built.append((future, loop))
-                except Exception as exc:  # this request's record cannot be made: it alone is refused
-                    log.exception("capture: a call's record could not be built")
-                    error = StoreError(f"its record could not be built: {exc}")
+                own, error = _build(build)
+                if error is not None:
                     settle.setdefault(loop, []).append((future, error))
+                    continue
+                rows.extend(own)
+                built.append((future, loop))
             failure: BaseException | None = None
             try:
                 if rows:
                     self.store.write_rows(rows)
-                    self.commits += 1
-                    if self.on_commit is not None:
-                        self.on_commit(len(rows))
+                    self._committed(len(rows))
             except Exception as exc:  # every waiter learns of it; none is told "committed"
                 failure = exc if isinstance(exc, StoreError) else StoreError(str(exc))
             for future, loop in built:
@@ -229,6 +222,11 @@ class CaptureWriter:
             for loop, outcomes in settle.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: no one waits there any more
                     loop.call_soon_threadsafe(_settle, outcomes)
+
+    def _committed(self, records: int) -> None:
+        self.commits += 1
+        if self.on_commit is not None:
+            self.on_commit(records)
 
     def _checkpoint(self) -> None:
         try:
@@ -242,6 +240,15 @@ class CaptureWriter:
             self._ready.notify_all()
         self._thread.join(timeout=30)
         self.store.close()
+
+
+def _build(build: Build) -> tuple[list[Row], StoreError | None]:
+    """One request's rows, or the error that refuses that request alone (never its group)."""
+    try:
+        return build(), None
+    except Exception as exc:
+        log.exception("capture: a call's record could not be built")
+        return [], StoreError(f"its record could not be built: {exc}")
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:

@@ -61,6 +61,8 @@ class _Guards:
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
     connections: set[Any]
+    cycle: Any  # the request being answered (both parsers' protocols keep one), or None
+    flow: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -125,7 +127,7 @@ class _Guards:
     def _refuse(self, status: int, reason: str, detail: str) -> None:
         """Answer ``status`` and close; while an earlier pipelined request is still being answered,
         stop reading and answer after it, so its client gets its own answer first."""
-        cycle = getattr(self, "cycle", None)
+        cycle = self.cycle
         if cycle is not None and not cycle.response_complete and not self.transport.is_closing():
             self._pending_refusal = (status, reason, detail)
             self.flow.pause_reading()

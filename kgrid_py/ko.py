@@ -514,6 +514,7 @@ def _scalar(spec: OutputSpec, array: np.ndarray) -> Any:
 _ONE = np.ones(1, dtype=bool)
 _COLUMN_PLANS_KEPT = 64
 _PLAIN_CELL = (float, int, str, type(None))
+_NOT_PLAIN = object()  # what _cell returns for a cell only the batch path may judge
 
 
 def _cell(column: Any) -> Any:
@@ -530,9 +531,6 @@ def _cell(column: Any) -> Any:
     if not isinstance(value, _PLAIN_CELL):  # bool is an int: call and the batch path judge it alike
         return _NOT_PLAIN
     return value
-
-
-_NOT_PLAIN = object()
 
 
 def _one_row(fn: _Function, fed: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:

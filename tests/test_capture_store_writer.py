@@ -79,6 +79,8 @@ def test_sqlite_durability_is_normal_unless_the_url_asks_for_full(tmp_path: Path
         assert _count(store) == 2
 
 
-def test_an_unknown_durability_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="synchronous='off'"):
-        CaptureStore.open(f"sqlite:///{tmp_path / 'c.sqlite3'}?synchronous=off")
+@pytest.mark.parametrize("query", ["synchronous=off", "synchronous=FULL", "synchronous=normal&synchronous=full"])
+def test_an_unknown_or_ambiguous_durability_is_refused(tmp_path: Path, query: str) -> None:
+    with pytest.raises(StoreError, match="synchronous="):
+        CaptureStore.open(f"sqlite:///{tmp_path / 'c.sqlite3'}?{query}")
+    assert not (tmp_path / "c.sqlite3").exists()

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from test_hardening_connections import _closed_by_server
 
 
 async def _slow(request: Request) -> PlainTextResponse:
@@ -33,19 +34,9 @@ def _received(port: int, second: bytes) -> bytes:
         time.sleep(0.1)  # the first request is being answered
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(second)
-        sock.settimeout(0.2)
-        data, deadline = b"", time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            data += chunk
-    return data
+        received = _closed_by_server(sock, 5)
+    assert received is not None, "the server kept the connection open after refusing"
+    return received
 
 
 @pytest.mark.parametrize("protocol", ["GuardedHttpToolsProtocol", "GuardedH11Protocol"])

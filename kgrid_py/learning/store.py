@@ -216,7 +216,7 @@ class CaptureStore:
                     self._insert(self._rows_conn, rows)
                     return
                 except Exception as exc:
-                    self._drop_rows_conn()
+                    self._drop("_rows_conn")
                     # Only a server's dropped session is worth a second try: a locked SQLite file
                     # has already waited its busy timeout, and a second wait would outlast the
                     # requests waiting for this commit.
@@ -245,26 +245,14 @@ class CaptureStore:
                 self._now_conn = self.engine.raw_connection()
                 self._now_conn.execute("PRAGMA busy_timeout=0")
                 self._now_conn.execute("PRAGMA wal_autocheckpoint=0")
-            cursor = self._now_conn.cursor()
-            try:
-                try:
-                    cursor.execute("BEGIN IMMEDIATE")
-                except Exception as exc:
-                    if "locked" in str(exc) or "busy" in str(exc):
-                        return False
-                    raise
-                cursor.executemany(self._insert_calls_sql, list(rows))
-                cursor.execute("COMMIT")
-            finally:
-                cursor.close()
+            self._insert(self._now_conn, list(rows))
             return True
         except Exception as exc:
-            conn, self._now_conn = self._now_conn, None
-            if conn is not None:
+            if "locked" in str(exc) or "busy" in str(exc):  # BEGIN IMMEDIATE found another writer
                 with contextlib.suppress(Exception):
-                    conn.rollback()
-                with contextlib.suppress(Exception):
-                    conn.invalidate()
+                    self._now_conn.rollback()
+                return False
+            self._drop("_now_conn")
             raise StoreError(f"capture store {self.url}: write failed: {_cause(exc)}") from exc
 
     def checkpoint(self) -> None:
@@ -277,7 +265,7 @@ class CaptureStore:
                     self._rows_conn = self.engine.raw_connection()
                 self._rows_conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except Exception as exc:
-                self._drop_rows_conn()
+                self._drop("_rows_conn")
                 raise StoreError(f"capture store {self.url}: checkpoint failed: {_cause(exc)}") from exc
 
     def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -293,14 +281,16 @@ class CaptureStore:
         finally:
             cursor.close()
 
-    def _drop_rows_conn(self) -> None:
-        conn, self._rows_conn = self._rows_conn, None
+    def _drop(self, name: str) -> None:
+        """Throw away the kept connection ``name`` (after a failure): never back into the pool."""
+        conn = getattr(self, name)
+        setattr(self, name, None)
         if conn is None:
             return
         with contextlib.suppress(Exception):  # being thrown away: its own error says nothing new
             conn.rollback()
         with contextlib.suppress(Exception):
-            conn.invalidate()  # never back into the pool
+            conn.invalidate()
 
     def write_feedback(
         self,
