@@ -23,8 +23,6 @@ import io
 import json
 import os
 import platform
-import subprocess
-import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as dist_version
@@ -39,6 +37,7 @@ from kgrid_py.learning.drift import summary_drift
 from kgrid_py.learning.statistics import Metric, binary_metrics, continuous_metrics
 from kgrid_py.learning.store import READ_CHUNK_ROWS, CaptureStore, StoreError, to_us
 from kgrid_py.learning.survival import censoring_survival, time_to_event_metrics
+from kgrid_py.learning.workers import WorkerFailed, run_worker
 from kgrid_py.metadata import FunctionSpec, OutcomeSpec
 
 __all__ = [
@@ -212,7 +211,7 @@ def _sqlite_calls(
     """:func:`calls_numbers` on SQLite with Arrow's JSON parser; None where a text needs SQL's rules."""
     out_schema = pa.schema([(n, pa.float64()) for n in outputs])
     in_schema = pa.schema([(s.name, pa.string() if s.levels else pa.float64()) for s in inputs])
-    selects = ["ts_us", "subject_key", _STATUS_SQL, _WARNED_SQL]
+    selects = ["ts_us", "subject_key", "0" if ok_only else _STATUS_SQL, _WARNED_SQL]
     for column, schema in (("outputs", out_schema), ("inputs_used", in_schema)):
         if len(schema):  # a failed call's members are not read (they are null in every path)
             selects.append(f"COALESCE(CASE WHEN status = 'ok' THEN {column} END, '{{}}')")
@@ -224,8 +223,11 @@ def _sqlite_calls(
         params.append(since_us)
     if ok_only:
         filters += " AND status = 'ok'"
-    # One site at a time: the index gives time order, so SQLite sorts only calls with equal times.
-    sql = f"SELECT {', '.join(selects)} FROM calls WHERE {where} AND site = ?{filters} ORDER BY ts_us, id"
+    # One site at a time: the index gives time order, so SQLite sorts only calls with equal times;
+    # a site holding most of the table is read in storage order and sorted whole (it costs less).
+    order = " ORDER BY ts_us, id"
+    sql = f"SELECT {', '.join(selects)} FROM calls WHERE {where} AND site = ?{filters}{order}"
+    scan_sql = f"SELECT {', '.join(selects)} FROM calls NOT INDEXED WHERE {where} AND site = ?{filters}{order}"
     parts: list[pa.Table] = []
     try:
         with store.engine.connect() as conn, conn.begin():  # one read transaction: one snapshot for all sites
@@ -237,7 +239,8 @@ def _sqlite_calls(
                 else:
                     sites = [site]
                 for name in sites:
-                    cursor.execute(sql, (*params[:3], name, *params[3:]))
+                    scan = _site_is_most_of_calls(cursor, params[:3], name)
+                    cursor.execute(scan_sql if scan else sql, (*params[:3], name, *params[3:]))
                     while rows := cursor.fetchmany(READ_CHUNK_ROWS):
                         part = _sqlite_chunk(rows, name, out_schema, in_schema)
                         if part is None:
@@ -250,6 +253,21 @@ def _sqlite_calls(
     if not parts:
         parts.append(_sqlite_chunk([], "", out_schema, in_schema))  # type: ignore[arg-type]
     return pa.concat_tables(parts).combine_chunks()
+
+
+def _site_is_most_of_calls(cursor: Any, key: list[Any], site: str) -> bool:
+    """Whether one (KO, version, function, site) holds at least a quarter of the SQLite calls table.
+
+    Through the index, SQLite visits the table in time order, a page per row wherever the calls
+    were not written in time order (imports, merged stores); for a large share of the table a scan
+    in storage order and one sort cost less (1,000,000 of 1,000,000 rows written out of time order:
+    4.4 s against 2.7 s; written in time order, the two are within noise). The count reads the
+    index only; ``max(rowid)`` bounds the rows.
+    """
+    where = "ko_id = ? AND version = ? AND function = ? AND site = ?"
+    (rows,) = cursor.execute(f"SELECT count(*) FROM calls WHERE {where}", (*key, site)).fetchone()
+    (top,) = cursor.execute("SELECT max(rowid) FROM calls").fetchone()
+    return bool(top) and rows * 4 >= top
 
 
 def _sqlite_chunk(
@@ -605,7 +623,6 @@ def _report_head(
 
 
 PARALLEL_MIN_CALLS = 200_000
-_WORKER_TIMEOUT_S = 3600.0
 
 
 def _parallel_sites(
@@ -668,9 +685,7 @@ def _sections_in_processes(
 ) -> list[dict[str, Any]]:
     """Each site's section from ``python -m kgrid_py.learning.monitor_worker`` (one process per site).
 
-    A child process, not multiprocessing: spawning would re-run the caller's ``__main__`` and
-    forking a process with Arrow's and SQLite's threads can deadlock. The last site is computed
-    here meanwhile. Sections travel as JSON (floats as their shortest repr, so exactly).
+    The last site is computed here meanwhile. Sections travel as JSON (floats as their shortest repr, so exactly).
     """
     url = store.engine.url.render_as_string(hide_password=False)
     workers = max(2, min(workers or os.cpu_count() or 1, len(sites)))
@@ -685,19 +700,9 @@ def _sections_in_processes(
             "since_us": since_us,
         }
         try:
-            done = subprocess.run(
-                [sys.executable, "-m", "kgrid_py.learning.monitor_worker"],
-                input=json.dumps(payload).encode(),
-                capture_output=True,
-                timeout=_WORKER_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            result: dict[str, Any] | None = json.loads(run_worker("kgrid_py.learning.monitor_worker", payload))
+        except WorkerFailed as exc:
             raise MonitorError(f"site {name!r}: the monitor worker failed: {exc}") from exc
-        if done.returncode != 0:
-            lines = done.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
-            raise MonitorError(f"site {name!r}: the monitor worker failed: {lines[-1]}")
-        result: dict[str, Any] | None = json.loads(done.stdout)
         return result
 
     with ThreadPoolExecutor(max_workers=max(1, workers - 1), thread_name_prefix="kgrid-monitor") as pool:

@@ -28,6 +28,10 @@ from kgrid_py.learning.monitor import (
 )
 from kgrid_py.learning.recalibration import Evidence, Kind, RecalibrationError
 from kgrid_py.learning.store import CaptureStore, StoreError, store_url
+from kgrid_py.learning.workers import WorkerFailed, run_worker
+
+# Reading outcomes in a child process pays from this many rows in the outcomes table.
+PARALLEL_MIN_OUTCOMES = 200_000
 
 __all__ = ["NoLinkedCalls", "concat", "evidence_from_sites", "evidence_from_store", "open_existing"]
 
@@ -53,24 +57,76 @@ def open_existing(url: str) -> CaptureStore:
         raise RecalibrationError(str(exc)) from None
 
 
+def _outcomes_are_large(store: CaptureStore) -> bool:
+    """Whether reading the outcomes in a child process pays (SQLite, at least 200,000 outcome rows).
+
+    A child costs about 1 s of the other core to start (imports); reading 1,000,000 outcome rows
+    costs 2 to 3 s. ``max(rowid)`` bounds the row count without counting.
+    """
+    if store.engine.dialect.name != "sqlite":
+        return False
+    try:
+        with store.engine.connect() as conn:
+            top = conn.exec_driver_sql("SELECT max(rowid) FROM outcomes").scalar()
+            conn.rollback()
+    except Exception as exc:
+        raise StoreError(f"capture store {store.url}: counting outcomes failed: {type(exc).__name__}: {exc}") from exc
+    return (top or 0) >= PARALLEL_MIN_OUTCOMES
+
+
+def _outcomes_in_process(store: CaptureStore, outcome: str, site: str, columns: list[str]) -> pa.Table:
+    """:func:`combined_outcomes` of the site's outcome rows, read by ``kgrid_py.learning.outcomes_worker``."""
+    request = {
+        "url": store.engine.url.render_as_string(hide_password=False),
+        "outcome": outcome,
+        "site": site,
+        "columns": columns,
+    }
+    try:
+        return pa.ipc.open_stream(run_worker("kgrid_py.learning.outcomes_worker", request)).read_all()
+    except WorkerFailed as exc:
+        raise StoreError(f"site {site!r}: the outcomes reader failed: {exc}") from exc
+
+
 def evidence_from_store(
-    store: CaptureStore, ko: KnowledgeObject, function: str, site: str, kind: Kind, horizons: dict[str, float]
+    store: CaptureStore,
+    ko: KnowledgeObject,
+    function: str,
+    site: str,
+    kind: Kind,
+    horizons: dict[str, float],
+    *,
+    processes: bool | None = None,
 ) -> Evidence:
-    """One row per linked index call of ``ko``'s ``function`` at ``site``."""
+    """One row per linked index call of ``ko``'s ``function`` at ``site``.
+
+    ``processes``: read the outcomes in a child process while the calls are read here; None
+    decides by the store (SQLite with a large outcomes table).
+    """
     spec = ko.function(function)
     if spec.outcome is None:
         raise RecalibrationError(f"{ko.ref} {function} declares no outcome: its calls cannot be linked")
     # Successful calls only, their outcome outputs extracted as numbers (monitor's fast reader);
-    # the outcomes on a second connection meanwhile, as monitor reads them (SQLite steps rows
-    # without the GIL, so the two reads overlap a little).
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgrid-outcomes") as pool:
-        pending = pool.submit(outcomes_table, store, spec.outcome.name, site, outcome_columns(spec.outcome))
-        ok_calls = calls_numbers(store, ko.id, ko.version, spec, site=site, ok_only=True, with_inputs=False)
-        outcome_rows = pending.result()
+    # on a large SQLite store, the outcomes are read meanwhile by a child process.
+    columns = list(outcome_columns(spec.outcome))
+    if processes is None:
+        try:
+            processes = _outcomes_are_large(store)
+        except StoreError as exc:
+            raise RecalibrationError(str(exc)) from None
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgrid-outcomes") as pool:
+            pending = pool.submit(_outcomes_in_process, store, spec.outcome.name, site, columns) if processes else None
+            ok_calls = calls_numbers(store, ko.id, ko.version, spec, site=site, ok_only=True, with_inputs=False)
+            if pending is not None:
+                outcomes = pending.result()
+            else:
+                outcomes = combined_outcomes(outcomes_table(store, spec.outcome.name, site, columns))
+    except StoreError as exc:
+        raise RecalibrationError(str(exc)) from None
     if ok_calls.num_rows == 0:
         raise NoLinkedCalls(f"{store!r} holds no call of {ko.ref} {function} at site {site!r} that succeeded")
     outputs = pa.table({o: ok_calls.column(f"out:{o}") for o in outcome_outputs(spec.outcome)})
-    outcomes = combined_outcomes(outcome_rows)
     linked = link_outcomes(ok_calls, outputs, spec.outcome, outcomes, site)
     n = len(linked["time"])
     if n == 0:

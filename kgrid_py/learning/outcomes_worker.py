@@ -1,0 +1,36 @@
+"""One site's combined outcomes read in its own process: ``python -m kgrid_py.learning.outcomes_worker``.
+
+:func:`kgrid_py.learning.store_evidence.evidence_from_store` starts one on a large SQLite store, so
+the outcomes are read while the calls are (each value read from SQLite costs a Python object under
+the GIL, so two threads do not read faster than one). Reads one JSON request on stdin (store URL,
+outcome, site, columns) and writes the table :func:`combined_outcomes` makes as an Arrow IPC
+stream on stdout (exact: the parent gets the same values it would have read itself); on failure,
+one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pyarrow as pa
+
+from kgrid_py.learning.monitor import combined_outcomes, outcomes_table
+from kgrid_py.learning.store import CaptureStore
+
+
+def main() -> int:
+    try:
+        request = json.loads(sys.stdin.buffer.read())
+        with CaptureStore.open(request["url"]) as store:
+            table = combined_outcomes(outcomes_table(store, request["outcome"], request["site"], request["columns"]))
+        with pa.ipc.new_stream(sys.stdout.buffer, table.schema) as writer:
+            writer.write_table(table)
+    except Exception as exc:  # reported to the parent, which raises RecalibrationError with this line
+        print(f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
