@@ -47,7 +47,14 @@ from scipy import stats
 from torch import nn
 
 from kgrid_py.training.brain_phantoms import PhantomSet, generate
-from kgrid_py.training.cyclegan import CycleGAN, CycleGANConfig, train_cyclegan, translate
+from kgrid_py.training.cyclegan import (
+    MIDSLICES_PNG,
+    CycleGAN,
+    CycleGANConfig,
+    train_cyclegan,
+    translate,
+    write_midslices,
+)
 
 SRC = Path(__file__).resolve().parents[1] / "knowledge_objects" / "brain-sex-dann" / "1.0.0" / "src"
 BASELINES = ("dann", "pooled", "target_only", "source_only")
@@ -124,11 +131,12 @@ def run_seed(
     gan_config: CycleGANConfig,
     log: Any,
     config: Any = None,
+    baselines: tuple[str, ...] = BASELINES,
 ) -> tuple[dict[str, float], dict[str, float], CycleGAN]:
     """Every method's target-test accuracy and the site classifier's accuracies for one seed."""
     accuracy: dict[str, float] = {}
     nets: dict[str, nn.Module] = {}
-    for method in BASELINES:
+    for method in baselines:
         began = time.perf_counter()
         nets[method] = train_mod.train(method, data, seed, config)
         accuracy[method] = train_mod.accuracy(nets[method], data.target_test)
@@ -194,12 +202,14 @@ def markdown(results: dict[str, list[float]], site: dict[str, list[float]], seed
         "| method | mean difference | SD | 95% CI | better than DANN in | paired t | p |",
         "|---|---|---|---|---|---|---|",
     ]
-    for m in GAN_METHODS:
+    for m in (m for m in GAN_METHODS if m in results):
         d = paired(results[m], results["dann"])
         lines.append(
             f"| {m} | {d['mean']:+.3f} | {d['sd']:.3f} | {d['ci_low']:+.3f} to {d['ci_high']:+.3f} | "
             f"{d['wins']} of {len(seeds)} | {d['t']:.2f} | {d['p']:.3f} |"
         )
+    if not site:
+        return "\n".join(lines)
     lines += [
         "",
         f"Site classifier (fresh network, {SITE_STEPS} steps, trained on {SITE_TRAIN_N} + {SITE_TRAIN_N}, "
@@ -213,51 +223,31 @@ def markdown(results: dict[str, list[float]], site: dict[str, list[float]], seed
     return "\n".join(lines)
 
 
-def write_figures(gan: CycleGAN, source: np.ndarray, target: np.ndarray, directory: Path) -> list[Path]:
-    """Mid-slices (axial, coronal, sagittal) of one real source and one real target scan and their translations."""
-    import matplotlib
+def merge(files: list[Path]) -> tuple[dict[str, list[float]], dict[str, list[float]], list[int], int]:
+    """Join the ``--json`` files of runs split over processes (by seed, or baselines run with ``--no-gan``).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory.mkdir(parents=True, exist_ok=True)
-    s = source[:1]
-    s_to_t = translate(gan.source_to_target, s)
-    back = translate(gan.target_to_source, s_to_t)
-    t = target[:1]
-    t_to_s = translate(gan.target_to_source, t)
-    columns = [
-        ("real source", s),
-        ("source -> target", s_to_t),
-        ("source -> target -> source", back),
-        ("real target", t),
-        ("target -> source", t_to_s),
-    ]
-    volumes = [v[0, 0] for _, v in columns]
-    vmax = float(np.percentile(np.concatenate([v.ravel() for v in volumes]), 99.5))
-    x, y, z = (n // 2 for n in volumes[0].shape)
-    views = [
-        ("axial", lambda v: v[:, :, z].T),
-        ("coronal", lambda v: v[:, y, :].T),
-        ("sagittal", lambda v: v[x, :, :].T),
-    ]
-    fig, axes = plt.subplots(len(views), len(columns), figsize=(2.4 * len(columns), 2.6 * len(views)))
-    for row, (view, cut) in enumerate(views):
-        for col, (title, _) in enumerate(columns):
-            ax = axes[row, col]
-            ax.imshow(cut(volumes[col]), cmap="gray", vmin=0.0, vmax=vmax, origin="lower")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(title, fontsize=8)
-            if col == 0:
-                ax.set_ylabel(view, fontsize=8)
-    fig.suptitle("Synthetic phantoms, 32x40x32 grid, one intensity scale (0 to 99.5th percentile)", fontsize=8)
-    fig.tight_layout()
-    path = directory / "brain-gan-midslices.png"
-    fig.savefig(path, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return [path]
+    A method is kept when every seed has it; a seed given twice for one method must agree.
+    """
+    per_seed: dict[int, dict[str, float]] = {}
+    site_seed: dict[int, dict[str, float]] = {}
+    n_test = 0
+    for file in files:
+        raw = json.loads(file.read_text())
+        n_test = raw.get("target_test_n", n_test)
+        for i, seed in enumerate(raw["seeds"]):
+            for method, values in raw["accuracy"].items():
+                old = per_seed.setdefault(seed, {}).setdefault(method, values[i])
+                if old != values[i]:
+                    raise SystemExit(f"{file}: seed {seed} {method} is {values[i]}, another file says {old}")
+            for key, values in raw.get("site", {}).items():
+                if len(values) > i:
+                    site_seed.setdefault(seed, {})[key] = values[i]
+    seeds = sorted(per_seed)
+    methods = [m for m in (*BASELINES, *GAN_METHODS) if all(m in per_seed[s] for s in seeds)]
+    results = {m: [per_seed[s][m] for s in seeds] for m in methods}
+    keys = ("translated_vs_real", "untranslated_vs_real")
+    site = {k: [site_seed[s][k] for s in seeds] for k in keys if all(k in site_seed.get(s, {}) for s in seeds)}
+    return results, site, seeds, n_test
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -265,9 +255,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--gan-steps", type=int, default=CycleGANConfig.steps)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--baselines",
+        nargs="+",
+        choices=BASELINES,
+        default=list(BASELINES),
+        help="baselines to train (dann and source_only always; the others can be quoted from the DANN comparison)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw accuracies here, after every seed")
     parser.add_argument("--figures", type=Path, help="write the first seed's mid-slice PNGs into this folder")
+    parser.add_argument("--no-gan", action="store_true", help="train only the --baselines given (no GAN methods)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="print the table of earlier --json files, train nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        print(markdown(*merge(args.merge)))
+        return
     torch.set_num_threads(args.threads)
 
     def log(line: str) -> None:
@@ -279,16 +281,28 @@ def main(argv: list[str] | None = None) -> None:
     source_val = generate("source_val", SITE_TEST_N)
     log(f"data generated in {time.perf_counter() - start:.0f} s")
     gan_config = CycleGANConfig(steps=args.gan_steps)
-    results: dict[str, list[float]] = {m: [] for m in (*BASELINES, *GAN_METHODS)}
+    if args.no_gan:
+        baselines = tuple(args.baselines)
+        results: dict[str, list[float]] = {m: [] for m in baselines}
+    else:
+        baselines = tuple(m for m in BASELINES if m in {*args.baselines, "dann", "source_only"})
+        results = {m: [] for m in (*baselines, *GAN_METHODS)}
     site: dict[str, list[float]] = {"translated_vs_real": [], "untranslated_vs_real": []}
     for i, seed in enumerate(args.seeds):
-        accuracy, site_seed, gan = run_seed(train_mod, data, source_val, seed, gan_config, log)
-        for m, value in accuracy.items():
-            results[m].append(value)
-        for k, value in site_seed.items():
-            site[k].append(value)
-        if i == 0 and args.figures:
-            for path in write_figures(gan, source_val.images, data.target_test.images, args.figures):
+        if args.no_gan:
+            for method in baselines:
+                began = time.perf_counter()
+                results[method].append(train_mod.accuracy(train_mod.train(method, data, seed), data.target_test))
+                log(f"seed {seed} {method}: {results[method][-1]:.3f} ({time.perf_counter() - began:.0f} s)")
+            site = {}
+        else:
+            accuracy, site_seed, gan = run_seed(train_mod, data, source_val, seed, gan_config, log, baselines=baselines)
+            for m, value in accuracy.items():
+                results[m].append(value)
+            for k, value in site_seed.items():
+                site[k].append(value)
+            if i == 0 and args.figures:
+                path = write_midslices(gan, source_val.images, data.target_test.images, args.figures / MIDSLICES_PNG)
                 log(f"wrote {path}")
         if args.json:
             done = args.seeds[: i + 1]
@@ -298,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
                         "seeds": done,
                         "accuracy": results,
                         "site": site,
+                        "target_test_n": len(data.target_test),
                         "gan": {"steps": gan_config.steps, "batch": gan_config.batch},
                     },
                     indent=2,

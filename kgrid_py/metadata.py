@@ -448,7 +448,7 @@ class FileEntry(_Model):
 
     path: str
     sha256: str = Field(pattern=SHA256_PATTERN)
-    role: Literal["model", "tests", "model-card", "service", "source", "data"]
+    role: Literal["model", "tests", "model-card", "figure", "service", "source", "data"]
 
     @field_validator("path")
     @classmethod

@@ -1,8 +1,11 @@
-"""The 3D CycleGAN of issue 18: reproducible from a seed, starts at the identity, refuses bad input.
+"""The 3D CycleGAN of issue 18: reproducible from a seed, starts at the identity, refuses bad input,
+and a shortened seeded run on real phantoms moves source scans toward the target site.
 
-Not here yet: a shortened seeded run against accuracy or distribution floors. In short runs
-(30-40 steps on 16-32 phantoms per site) the generators had not yet moved the source intensities
-measurably toward the target's (1-Wasserstein ratio 0.98-1.00), so no floor could be set honestly.
+The shortened run (150 steps, batch 2, 32 phantoms per site, the default rate and loss weights)
+measured, seed 0: 1-Wasserstein ratio 0.29 (translated source-validation scans against target
+scans, over the untranslated distance), 72 % of the mean-intensity gap closed, cycle error 0.026.
+The floors leave wide margins (0.6, 40 %, 0.06). With CycleGAN's own rate and identity weight the
+same run measured 0.997 and 0 %: the floors fail if the generators stay at the identity.
 """
 
 from __future__ import annotations
@@ -71,3 +74,39 @@ def test_bad_images_are_refused_by_name(images: object, message: str) -> None:
 def test_an_unbounded_budget_is_refused(field: str) -> None:
     with pytest.raises(ValueError, match=f"CycleGANConfig.{field} must be between 1 and 100000, got 0"):
         CycleGANConfig(**{field: 0})
+
+
+def test_the_midslice_figure_is_a_png_with_the_same_bytes_for_the_same_weights(tmp_path) -> None:
+    from kgrid_py.training.cyclegan import CycleGAN, write_midslices
+
+    source, target = _tiny(2)
+    gan = CycleGAN(Generator(2), Generator(2))
+    first = write_midslices(gan, source, target, tmp_path / "a" / "mid.png")
+    again = write_midslices(gan, source, target, tmp_path / "b.png")
+    assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert first.read_bytes() == again.read_bytes()
+    other = write_midslices(gan, target, source, tmp_path / "c.png")
+    assert other.read_bytes() != first.read_bytes()
+    with pytest.raises(ValueError, match=r"^target must be an array"):
+        write_midslices(gan, source, target[0], tmp_path / "d.png")
+
+
+def _w1(a: np.ndarray, b: np.ndarray) -> float:
+    """1-Wasserstein distance of two equal-sized samples of voxel intensities."""
+    return float(np.mean(np.abs(np.sort(a.ravel()) - np.sort(b.ravel()))))
+
+
+def test_a_short_seeded_run_moves_source_scans_toward_the_target_site() -> None:
+    from kgrid_py.training.brain_phantoms import generate
+
+    source, target = generate("source_train", 32).images, generate("target_unlabelled", 32).images
+    unseen_source, unseen_target = generate("source_val", 32).images, generate("target_test", 32).images
+    gan = train_cyclegan(source, target, SEED, CycleGANConfig(steps=150, batch=2))
+    moved = translate(gan.source_to_target, unseen_source)
+    ratio = _w1(moved, unseen_target) / _w1(unseen_source, unseen_target)
+    closed = (moved.mean() - unseen_source.mean()) / (unseen_target.mean() - unseen_source.mean())
+    cycle_error = float(np.abs(translate(gan.target_to_source, moved) - unseen_source).mean())
+    summary = f"W1 ratio {ratio:.3f}, gap closed {closed:.0%}, cycle error {cycle_error:.4f}"
+    assert ratio <= 0.6, summary
+    assert closed >= 0.4, summary
+    assert cycle_error <= 0.06, summary
