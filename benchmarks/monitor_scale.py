@@ -26,7 +26,7 @@ def build(url: str, calls: int) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from kgrid_py.learning.cohort import Site, call_records, kfre_cohort, outcome_rows
+    from kgrid_py.learning.cohort import OUTCOME_FILE_COLUMNS, Site, call_records, kfre_cohort, outcome_rows
     from kgrid_py.learning.outcomes import import_rows, rows_from_table
     from kgrid_py.learning.store import CaptureStore
     from kgrid_py.learning.subjects import SubjectKeyer
@@ -34,14 +34,7 @@ def build(url: str, calls: int) -> None:
     keyer = SubjectKeyer(SECRET)
     sites = (Site("calibrated", calls // 2), Site("underpredicted", calls - calls // 2, risk_ratio=2.0))
     cohort = kfre_cohort(seed=1, sites=sites)
-    columns = {
-        "patient_id": "patient_id",
-        "event": "kidney_failure",
-        "event_date": "kf_date",
-        "followup_date": "last_seen",
-        "competing_event": "died",
-        "competing_date": "death_date",
-    }
+    columns = OUTCOME_FILE_COLUMNS
     with CaptureStore.open(url) as store:
         for start in range(0, cohort.num_rows, 100_000):
             store.write_calls(call_records(cohort.slice(start, 100_000), keyer))

@@ -23,21 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from activator.monitoring import default_since
 from kgrid_py import load
-from kgrid_py.learning.cohort import Site, call_records, kfre_cohort, outcome_rows
+from kgrid_py.learning.cohort import OUTCOME_FILE_COLUMNS, Site, call_records, kfre_cohort, outcome_rows
 from kgrid_py.learning.monitor import monitor
 from kgrid_py.learning.outcomes import import_rows, rows_from_table
 from kgrid_py.learning.store import CaptureStore
 from kgrid_py.learning.subjects import SubjectKeyer
 
 SECRET = secrets.token_hex(32)
-COLUMNS = {
-    "patient_id": "patient_id",
-    "event": "kidney_failure",
-    "event_date": "kf_date",
-    "followup_date": "last_seen",
-    "competing_event": "died",
-    "competing_date": "death_date",
-}
 
 
 def _recent(cohort: pa.Table) -> pa.Table:
@@ -82,7 +74,7 @@ def test_alert_gauge_matches_monitor_and_refreshes_after_new_outcomes(tmp_path: 
         store.write_calls(call_records(cohort, keyer))
         for site in ("calibrated", "underpredicted"):
             part = cohort.filter(pc.equal(cohort.column("site"), site))
-            rows = rows_from_table(pa.table(outcome_rows(part)), COLUMNS)
+            rows = rows_from_table(pa.table(outcome_rows(part)), OUTCOME_FILE_COLUMNS)
             assert import_rows(store, rows, site=site, outcome="kidney_failure", keyer=keyer, source="t").refused == 0
         function = load("kfre@1.0.0").metadata.function("four-variable")
         report = monitor(store, "kfre", "1.0.0", function, since=default_since(function))

@@ -13,20 +13,12 @@ import pytest
 
 import kgrid_py
 from kgrid_py.learning import monitor as mon
-from kgrid_py.learning.cohort import Site, call_records, kfre_cohort, outcome_rows
+from kgrid_py.learning.cohort import OUTCOME_FILE_COLUMNS, Site, call_records, kfre_cohort, outcome_rows
 from kgrid_py.learning.outcomes import import_rows, rows_from_table
 from kgrid_py.learning.store import CaptureStore
 from kgrid_py.learning.subjects import SubjectKeyer
 
 SECRET = "p" * 48
-COLUMNS = {
-    "patient_id": "patient_id",
-    "event": "kidney_failure",
-    "event_date": "kf_date",
-    "followup_date": "last_seen",
-    "competing_event": "died",
-    "competing_date": "death_date",
-}
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def store_url(tmp_path_factory):
         store.write_calls(call_records(cohort, keyer, refused_every=25))
         for site in sites:
             part = cohort.filter(pc.equal(cohort.column("site"), site.name))
-            rows = rows_from_table(pa.table(outcome_rows(part)), COLUMNS)
+            rows = rows_from_table(pa.table(outcome_rows(part)), OUTCOME_FILE_COLUMNS)
             import_rows(store, rows, site=site.name, outcome="kidney_failure", keyer=keyer, source="test")
     return url
 

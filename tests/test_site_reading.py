@@ -8,6 +8,7 @@ one read in this process.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 import kgrid_py
 from kgrid_py.learning import monitor as mon
-from kgrid_py.learning.cohort import Site, call_records, kfre_cohort, outcome_rows
+from kgrid_py.learning.cohort import OUTCOME_FILE_COLUMNS, Site, call_records, kfre_cohort, outcome_rows
 from kgrid_py.learning.outcomes import import_rows, rows_from_table
 from kgrid_py.learning.recalibration import RecalibrationError
 from kgrid_py.learning.store import CaptureStore
@@ -28,14 +29,6 @@ from kgrid_py.learning.store_evidence import evidence_from_store
 from kgrid_py.learning.subjects import SubjectKeyer
 
 SECRET = "r" * 48
-COLUMNS = {
-    "patient_id": "patient_id",
-    "event": "kidney_failure",
-    "event_date": "kf_date",
-    "followup_date": "last_seen",
-    "competing_event": "died",
-    "competing_date": "death_date",
-}
 HORIZONS = {"risk_2y": 730.0, "risk_5y": 1826.0}
 SITES = (Site("alpha", 2500), Site("beta", 1500, risk_ratio=2.0), Site("gamma", 300))
 
@@ -55,7 +48,7 @@ def store_path(tmp_path_factory):
         store.write_calls(shuffled)
         for site in SITES:
             part = cohort.filter(pc.equal(cohort.column("site"), site.name))
-            rows = rows_from_table(pa.table(outcome_rows(part)), COLUMNS)
+            rows = rows_from_table(pa.table(outcome_rows(part)), OUTCOME_FILE_COLUMNS)
             import_rows(store, rows, site=site.name, outcome="kidney_failure", keyer=keyer, source="test")
     return path
 
@@ -78,8 +71,9 @@ def test_scanned_and_indexed_sites_come_in_time_then_id_order(store_path, ok_onl
         with sqlite3.connect(store_path) as conn:
             cursor = conn.cursor()
             key = [ko.id, ko.version, "four-variable"]
-            assert mon._site_is_most_of_calls(cursor, key, "alpha")  # read by a scan
-            assert not mon._site_is_most_of_calls(cursor, key, "gamma")  # read through the index
+            (top,) = cursor.execute("SELECT max(rowid) FROM calls").fetchone()
+            assert mon._site_is_most_of_calls(cursor, key, "alpha", top)  # read by a scan
+            assert not mon._site_is_most_of_calls(cursor, key, "gamma", top)  # read through the index
         for site in ("alpha", "gamma"):
             table = mon.calls_numbers(store, ko.id, ko.version, spec, site=site, ok_only=ok_only)
             expected = _in_index_order(store_path, site, ok_only)
@@ -124,3 +118,17 @@ def test_the_outcomes_worker_reports_a_bad_request_in_one_line():
     )
     assert done.returncode == 1
     assert done.stderr.decode().strip() == "KeyError: 'url'"
+
+
+def test_the_outcomes_worker_never_creates_a_store(tmp_path):
+    missing = tmp_path / "typo.sqlite3"
+    request = {"url": f"sqlite:///{missing}", "outcome": "kidney_failure", "site": "beta", "columns": ["event"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "kgrid_py.learning.outcomes_worker"],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().endswith("no such SQLite file")
+    assert not missing.exists()

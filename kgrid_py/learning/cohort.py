@@ -203,6 +203,17 @@ def call_records(cohort: pa.Table, keyer: SubjectKeyer, *, version: str = "1.0.0
     return records
 
 
+# How :func:`outcome_rows`' columns map onto the outcome fields (``rows_from_table``'s ``columns``).
+OUTCOME_FILE_COLUMNS = {
+    "patient_id": "patient_id",
+    "event": "kidney_failure",
+    "event_date": "kf_date",
+    "followup_date": "last_seen",
+    "competing_event": "died",
+    "competing_date": "death_date",
+}
+
+
 def outcome_rows(cohort: pa.Table) -> dict[str, list]:
     """The cohort's outcome columns as an outcome file would hold them (patient ids, not keys)."""
     return {

@@ -238,8 +238,9 @@ def _sqlite_calls(
                     sites = [row[0] for row in found.fetchall()]
                 else:
                     sites = [site]
+                (top,) = cursor.execute("SELECT max(rowid) FROM calls").fetchone()
                 for name in sites:
-                    scan = _site_is_most_of_calls(cursor, params[:3], name)
+                    scan = _site_is_most_of_calls(cursor, params[:3], name, top)
                     cursor.execute(scan_sql if scan else sql, (*params[:3], name, *params[3:]))
                     while rows := cursor.fetchmany(READ_CHUNK_ROWS):
                         part = _sqlite_chunk(rows, name, out_schema, in_schema)
@@ -255,18 +256,17 @@ def _sqlite_calls(
     return pa.concat_tables(parts).combine_chunks()
 
 
-def _site_is_most_of_calls(cursor: Any, key: list[Any], site: str) -> bool:
+def _site_is_most_of_calls(cursor: Any, key: list[Any], site: str, top: int | None) -> bool:
     """Whether one (KO, version, function, site) holds at least a quarter of the SQLite calls table.
 
     Through the index, SQLite visits the table in time order, a page per row wherever the calls
     were not written in time order (imports, merged stores); for a large share of the table a scan
     in storage order and one sort cost less (1,000,000 of 1,000,000 rows written out of time order:
     4.4 s against 2.7 s; written in time order, the two are within noise). The count reads the
-    index only; ``max(rowid)`` bounds the rows.
+    index only; ``top``, the table's ``max(rowid)``, bounds the rows.
     """
     where = "ko_id = ? AND version = ? AND function = ? AND site = ?"
     (rows,) = cursor.execute(f"SELECT count(*) FROM calls WHERE {where}", (*key, site)).fetchone()
-    (top,) = cursor.execute("SELECT max(rowid) FROM calls").fetchone()
     return bool(top) and rows * 4 >= top
 
 

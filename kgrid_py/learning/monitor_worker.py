@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 from kgrid_py.learning.monitor import site_section
 from kgrid_py.learning.store import CaptureStore
+from kgrid_py.learning.workers import serve
 from kgrid_py.metadata import FunctionSpec
 
 
-def main() -> int:
-    try:
-        request = json.loads(sys.stdin.buffer.read())
-        function = FunctionSpec.model_validate(request["function"])
-        with CaptureStore.open(request["url"]) as store:
-            section = site_section(
-                store, request["ko_id"], request["version"], function, request["site"], request["since_us"]
-            )
-        sys.stdout.write(json.dumps(section))
-    except Exception as exc:  # reported to the parent, which raises MonitorError with this line
-        print(f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
-        return 1
-    return 0
+def section(request: dict[str, Any]) -> bytes:
+    function = FunctionSpec.model_validate(request["function"])
+    with CaptureStore.open(request["url"]) as store:
+        found = site_section(
+            store, request["ko_id"], request["version"], function, request["site"], request["since_us"]
+        )
+    return json.dumps(found).encode()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(section))

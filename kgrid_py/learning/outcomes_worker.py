@@ -5,32 +5,29 @@ the outcomes are read while the calls are (each value read from SQLite costs a P
 the GIL, so two threads do not read faster than one). Reads one JSON request on stdin (store URL,
 outcome, site, columns) and writes the table :func:`combined_outcomes` makes as an Arrow IPC
 stream on stdout (exact: the parent gets the same values it would have read itself); on failure,
-one line on stderr and exit status 1.
+one line on stderr and exit status 1. The store must exist: a reader never creates one.
 """
 
 from __future__ import annotations
 
-import json
 import sys
+from typing import Any
 
 import pyarrow as pa
 
 from kgrid_py.learning.monitor import combined_outcomes, outcomes_table
-from kgrid_py.learning.store import CaptureStore
+from kgrid_py.learning.store_evidence import open_existing
+from kgrid_py.learning.workers import serve
 
 
-def main() -> int:
-    try:
-        request = json.loads(sys.stdin.buffer.read())
-        with CaptureStore.open(request["url"]) as store:
-            table = combined_outcomes(outcomes_table(store, request["outcome"], request["site"], request["columns"]))
-        with pa.ipc.new_stream(sys.stdout.buffer, table.schema) as writer:
-            writer.write_table(table)
-    except Exception as exc:  # reported to the parent, which raises RecalibrationError with this line
-        print(f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
-        return 1
-    return 0
+def outcomes(request: dict[str, Any]) -> bytes:
+    with open_existing(request["url"]) as store:
+        table = combined_outcomes(outcomes_table(store, request["outcome"], request["site"], request["columns"]))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve(outcomes))

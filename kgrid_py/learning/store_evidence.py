@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from kgrid_py.ko import KnowledgeObject
 from kgrid_py.learning.monitor import (
+    _fetch_rows,
     calls_numbers,
     combined_outcomes,
     link_outcomes,
@@ -65,12 +66,7 @@ def _outcomes_are_large(store: CaptureStore) -> bool:
     """
     if store.engine.dialect.name != "sqlite":
         return False
-    try:
-        with store.engine.connect() as conn:
-            top = conn.exec_driver_sql("SELECT max(rowid) FROM outcomes").scalar()
-            conn.rollback()
-    except Exception as exc:
-        raise StoreError(f"capture store {store.url}: counting outcomes failed: {type(exc).__name__}: {exc}") from exc
+    ((top,),) = _fetch_rows(store, "SELECT max(rowid) FROM outcomes", [], "counting outcomes")
     return (top or 0) >= PARALLEL_MIN_OUTCOMES
 
 
@@ -109,12 +105,9 @@ def evidence_from_store(
     # Successful calls only, their outcome outputs extracted as numbers (monitor's fast reader);
     # on a large SQLite store, the outcomes are read meanwhile by a child process.
     columns = list(outcome_columns(spec.outcome))
-    if processes is None:
-        try:
-            processes = _outcomes_are_large(store)
-        except StoreError as exc:
-            raise RecalibrationError(str(exc)) from None
     try:
+        if processes is None:
+            processes = _outcomes_are_large(store)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kgrid-outcomes") as pool:
             pending = pool.submit(_outcomes_in_process, store, spec.outcome.name, site, columns) if processes else None
             ok_calls = calls_numbers(store, ko.id, ko.version, spec, site=site, ok_only=True, with_inputs=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 WORKER_TIMEOUT_S = 3600.0
@@ -17,6 +18,20 @@ WORKER_TIMEOUT_S = 3600.0
 
 class WorkerFailed(RuntimeError):
     """A worker could not be started, ran past its time, or reported a failure (its line is the message)."""
+
+
+def serve(handle: Callable[[dict[str, Any]], bytes]) -> int:
+    """A worker's ``main``: ``handle`` the JSON request on stdin, its bytes to stdout; exit status.
+
+    On any failure, one line (``Type: message``) on stderr and status 1, which :func:`run_worker`
+    turns into :class:`WorkerFailed`.
+    """
+    try:
+        sys.stdout.buffer.write(handle(json.loads(sys.stdin.buffer.read())))
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}".replace("\n", " "), file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_worker(module: str, request: dict[str, Any], timeout_s: float = WORKER_TIMEOUT_S) -> bytes:
