@@ -287,14 +287,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         baselines = tuple(m for m in BASELINES if m in {*args.baselines, "dann", "source_only"})
         results = {m: [] for m in (*baselines, *GAN_METHODS)}
-    site: dict[str, list[float]] = {"translated_vs_real": [], "untranslated_vs_real": []}
+    # --no-gan trains no site classifier: an empty dict, which markdown() leaves out.
+    site: dict[str, list[float]] = {} if args.no_gan else {"translated_vs_real": [], "untranslated_vs_real": []}
     for i, seed in enumerate(args.seeds):
         if args.no_gan:
             for method in baselines:
                 began = time.perf_counter()
                 results[method].append(train_mod.accuracy(train_mod.train(method, data, seed), data.target_test))
                 log(f"seed {seed} {method}: {results[method][-1]:.3f} ({time.perf_counter() - began:.0f} s)")
-            site = {}
         else:
             accuracy, site_seed, gan = run_seed(train_mod, data, source_val, seed, gan_config, log, baselines=baselines)
             for m, value in accuracy.items():
